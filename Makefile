@@ -1,0 +1,39 @@
+# flowtap: `make run` records and serves; `make test` runs the whole suite. Both build first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PCAPS  ?= ../shared/pcaps
+STAMP  := $(VENV)/.flowtap-built
+
+.PHONY: all build run test asan fuzz bench clean
+
+all: build
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The native module is rebuilt whenever a C source, the header or the packaging changes.
+$(STAMP): $(BIN)/python $(wildcard native/*.c native/*.h native/*.py) pyproject.toml setup.py
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -c "import appliance._native"
+	touch $@
+
+build: $(STAMP)
+
+run: build
+	$(BIN)/flowtap ra -n -r $(PCAPS)/large/pcpp-example.pcap
+
+test: build asan
+	$(BIN)/python -m pytest
+
+# The C core under AddressSanitizer/UBSan over every capture in ../shared/pcaps.
+asan:
+	$(MAKE) -C tests/native run PCAPS=$(abspath $(PCAPS))
+
+bench: build
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info appliance/_native*.so appliance/_native.c appliance/_native.o
+	$(MAKE) -C tests/native clean

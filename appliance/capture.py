@@ -1,0 +1,348 @@
+"""The only importer of the native module: packet sources, metering and record decoding.
+
+Packets never reach Python. Each loop iteration polls the C core for a batch of packets, drains the
+finished records into one preallocated array and unpacks them with one precompiled struct format.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from .config import Config, FlowsConfig
+
+try:
+    from ._native import ffi, lib
+except ImportError as exc:  # pragma: no cover - the build step makes it
+    raise ImportError(f"flowtap's native module is not built ({exc}); run `make build`") from exc
+
+ABI_VERSION = 1
+if lib.SENSOR_ABI_VERSION != ABI_VERSION:
+    raise ImportError(f"native module ABI {lib.SENSOR_ABI_VERSION}, expected {ABI_VERSION}: rebuild")
+
+# sensor_flow_t, field for field (native/sensor.h). tests/test_native_abi.py checks every offset.
+RECORD = struct.Struct("<Q QQ 2Q 2Q 2Q II 2I 2I 2I 2I 2I 2H H 2H H 16s16s 6s6s B BBBB 2B 2B 2B B 20s")
+RECORD_SIZE = RECORD.size
+POLL_PACKETS = 8192
+DRAIN_BATCH = 4096
+
+CAUSES = ("Start", "Status", "Stop", "Timeout", "Evict", "Shutdown")
+STATES = ("", "REQ", "ACC", "CON", "INT", "FIN", "RST", "CLO", "")
+DIRS = ("->", "<->", "<-", "<?>", "?>", "who")
+CONN_STATES = (None, "S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH",
+               "SHR", "OTH")
+DECODE_ERRORS = ("link_truncated", "unknown_linktype", "ip_truncated", "ip_version", "ip_header_length",
+                 "ip_total_length", "l4_truncated", "tcp_header_length", "encapsulation",
+                 "fragment_table_full")
+TCP_FLAG_LETTERS = "FSRPAUEC"            # bit 0 (FIN) to bit 7 (CWR), tcpdump's letters
+
+# Argus ICMP state names by (type) and, for unreachables, by code.
+ICMP4_NAMES = {0: "ECR", 4: "SRC", 5: "RED", 8: "ECO", 9: "RTA", 10: "RTS", 11: "TXD", 12: "PAR",
+               13: "TST", 14: "TSR", 15: "IRQ", 16: "IRR", 17: "MAS", 18: "MSR"}
+ICMP4_UNREACH = {0: "URN", 1: "URH", 2: "URO", 3: "URP", 4: "URF", 5: "URS"}
+ICMP6_NAMES = {1: "UNR", 2: "PTB", 3: "TXD", 4: "PAR", 128: "ECO", 129: "ECR", 130: "MLQ",
+               131: "MLR", 132: "MLD", 133: "RTS", 134: "RTA", 135: "NBS", 136: "NBA", 137: "RED",
+               143: "MLR"}
+ICMP_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17, 128: 129, 129: 128}
+PORTED_PROTOS = {6, 17, 132, 1, 58}
+
+ADDR_IP4, ADDR_IP6, ADDR_MAC = 4, 6, 2
+FLG_VLAN, FLG_MPLS, FLG_PPPOE, FLG_FRAG, FLG_ORPHAN, FLG_GAP, FLG_RETRANS, FLG_QINQ, FLG_UNREACH = (
+    1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class CaptureError(Exception):
+    """A capture source could not be opened, or failed part way through."""
+
+    def __init__(self, message: str, code: int = 0):
+        super().__init__(message)
+        self.code = code
+
+
+def native_config(flows: FlowsConfig, snaplen: int = 128, ring_bytes: int = 0, promisc: bool = True,
+                  inbound_only: bool = False) -> Any:
+    """A sensor_config_t for the C core."""
+    c = ffi.new("sensor_config_t *")
+    c.max_flows = flows.max_flows
+    c.max_frags = flows.max_frags
+    c.timeout_tcp_s = flows.timeout_tcp
+    c.timeout_udp_s = flows.timeout_udp
+    c.timeout_icmp_s = flows.timeout_icmp
+    c.timeout_other_s = flows.timeout_other
+    c.timeout_closed_s = flows.timeout_closed
+    c.timeout_frag_s = flows.timeout_frag
+    c.status_interval_s = flows.status_interval
+    c.record_ring = POLL_PACKETS * 4   # a packet adds at most 4 records; poll never overfills it
+    c.snaplen = snaplen
+    c.ring_bytes = ring_bytes
+    c.promisc = 1 if promisc else 0
+    c.inbound_only = 1 if inbound_only else 0
+    c.timeout_ms = 100
+    return c
+
+
+class Capture:
+    """One packet source metered by the C core. Use as a context manager: the handle is closed
+    deterministically on exit, never by the garbage collector.
+
+    :param handle: an open ``sensor_t *`` (from :meth:`open_file` or :meth:`open_live`).
+    """
+
+    def __init__(self, handle: Any, name: str):
+        self._h = handle
+        self.name = name
+        self._out = ffi.new("sensor_flow_t[]", DRAIN_BATCH)
+        self._view = ffi.buffer(self._out)
+        self._stats = ffi.new("sensor_stats_t *")
+
+    @classmethod
+    def open_file(cls, path: str, flows: FlowsConfig | None = None) -> Capture:
+        """Open a pcap or pcapng file.
+
+        :raises CaptureError: when libpcap (or the pcapng reader) cannot open it.
+        Example: ``with Capture.open_file("x.pcap") as cap: ...``
+        """
+        cfg = native_config(flows or FlowsConfig())
+        err = ffi.new("char[]", lib.SENSOR_ERRBUF_SIZE)
+        out = ffi.new("sensor_t **")
+        rc = lib.sensor_open_file(cfg, str(path).encode(), err, out)
+        if rc < 0:
+            raise CaptureError(ffi.string(err).decode(errors="replace") or f"cannot open {path}", rc)
+        return cls(out[0], str(path))
+
+    @classmethod
+    def open_live(cls, iface: str, flows: FlowsConfig | None = None, bpf: str = "",
+                  snaplen: int = 128, ring_bytes: int = 0, promisc: bool = True,
+                  inbound_only: bool = False) -> Capture:
+        """Open a live interface through libpcap's memory-mapped ring.
+
+        :raises CaptureError: on a missing interface, missing privileges or a bad filter.
+        """
+        cfg = native_config(flows or FlowsConfig(), snaplen, ring_bytes, promisc, inbound_only)
+        err = ffi.new("char[]", lib.SENSOR_ERRBUF_SIZE)
+        out = ffi.new("sensor_t **")
+        rc = lib.sensor_open_live(cfg, iface.encode(), bpf.encode(), err, out)
+        if rc < 0:
+            raise CaptureError(ffi.string(err).decode(errors="replace"), rc)
+        return cls(out[0], iface)
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the native handle (idempotent)."""
+        if self._h is not None:
+            lib.sensor_close(self._h)
+            self._h = None
+
+    def _check(self, rc: int) -> int:
+        if rc < 0 and rc != lib.SENSOR_EOF:
+            raise CaptureError(ffi.string(lib.sensor_last_error(self._h)).decode(errors="replace"), rc)
+        return rc
+
+    def poll(self, max_packets: int = POLL_PACKETS) -> int:
+        """Meter up to max_packets packets: the count handled, or ``lib.SENSOR_EOF``.
+
+        :raises CaptureError: when the file is truncated or corrupt (after metering what was read).
+        """
+        return self._check(lib.sensor_poll(self._h, max_packets))
+
+    def drain_raw(self, now_us: int) -> Iterator[tuple]:
+        """Finished records as raw tuples (RECORD layout), expiring flows idle at now_us."""
+        while True:
+            n = lib.sensor_drain(self._h, self._out, DRAIN_BATCH, now_us)
+            if n:
+                yield from RECORD.iter_unpack(self._view[: n * RECORD_SIZE])
+            if n < DRAIN_BATCH:
+                return
+
+    def drain_count(self, now_us: int) -> int:
+        """Drain finished records and only count them (for metering without output)."""
+        total = 0
+        while True:
+            n = lib.sensor_drain(self._h, self._out, DRAIN_BATCH, now_us)
+            total += n
+            if n < DRAIN_BATCH:
+                return total
+
+    def end_all(self, cause: int = 5) -> None:
+        """End every open flow (default cause Shutdown); the records come out of the next drains."""
+        lib.sensor_end_all(self._h, cause)
+
+    def set_filter(self, bpf: str) -> None:
+        """Replace the kernel BPF filter."""
+        self._check(lib.sensor_set_filter(self._h, bpf.encode()))
+
+    def reconfigure(self, flows: FlowsConfig) -> None:
+        """New timeouts and status interval; open flows are kept."""
+        self._check(lib.sensor_reconfigure(self._h, native_config(flows)))
+
+    def fileno(self) -> int:
+        return lib.sensor_fileno(self._h)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this source: packets, bytes, decode errors by reason, flows, drops."""
+        lib.sensor_get_stats(self._h, self._stats)
+        s = self._stats
+        return {
+            "packets": s.packets, "bytes": s.bytes,
+            "decode_errors": {name: s.decode_errors[i] for i, name in enumerate(DECODE_ERRORS)},
+            "flows_active": s.flows_active, "flows_created": s.flows_created,
+            "flows_ended": s.flows_ended, "evicted": s.flows_evicted,
+            "flows_capacity": s.flows_capacity, "records": s.records,
+            "frags_tracked": s.frags_tracked, "frags_orphaned": s.frags_orphaned,
+            "gap_acks": s.gap_acks, "pcap_recv": s.pcap_recv, "pcap_drop": s.pcap_drop,
+            "pcap_ifdrop": s.pcap_ifdrop, "last_packet_us": s.last_packet_us,
+            "warnings": s.warnings,
+        }
+
+    @property
+    def last_packet_us(self) -> int:
+        lib.sensor_get_stats(self._h, self._stats)
+        return self._stats.last_packet_us
+
+
+def _addr(kind: int, raw: bytes) -> str:
+    if kind == ADDR_IP4:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if kind == ADDR_IP6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return raw[:6].hex(":")
+
+
+def _tcp_flags(bits: int) -> str:
+    return "".join(c for i, c in enumerate(TCP_FLAG_LETTERS) if bits >> i & 1)
+
+
+def _icmp_state(proto: int, icmp_type: int, code: int) -> str:
+    if proto == 1:
+        if icmp_type == 3:
+            return ICMP4_UNREACH.get(code, "UNR")
+        return ICMP4_NAMES.get(icmp_type, "UNK")
+    return ICMP6_NAMES.get(icmp_type, "UNK")
+
+
+def _flgs(flgs: int, has_mac: bool) -> str:
+    """Argus-style flag letters: position 1 encapsulation ('e' Ethernet, '*' tagged/labelled/PPPoE),
+    2 'U' (an ICMP unreachable quoted the flow), 4 'F' fragments / 'f' orphan fragments,
+    5 'g' sequence gaps, 6 's' retransmissions."""
+    encap = "*" if flgs & (FLG_VLAN | FLG_MPLS | FLG_PPPOE) else "e" if has_mac else " "
+    return "".join((
+        " ", encap, "U" if flgs & FLG_UNREACH else " ", " ",
+        "f" if flgs & FLG_ORPHAN else "F" if flgs & FLG_FRAG else " ",
+        "g" if flgs & FLG_GAP else " ", "s" if flgs & FLG_RETRANS else " ", " ", " "))
+
+
+def community_id(proto: int, kind: int, saddr: bytes, daddr: bytes, sport: int | None,
+                 dport: int | None, seed: int = 0) -> str | None:
+    """Community ID v1 (corelight/community-id-spec) of an IP flow; None for non-IP flows."""
+    if kind == ADDR_MAC or proto > 255:
+        return None
+    n = 4 if kind == ADDR_IP4 else 16
+    a, b = saddr[:n], daddr[:n]
+    if proto in (1, 58):
+        # ICMP: type and "port" of the counterpart; one-way messages use the code.
+        t = sport or 0
+        sport, dport = t, ICMP_PAIRS.get(t, dport or 0)
+        if t in ICMP_PAIRS:
+            sport, dport = t, ICMP_PAIRS[t]
+    ported = proto in PORTED_PROTOS and sport is not None
+    sp, dp = (sport or 0), (dport or 0)
+    one_way = proto in (1, 58) and sport not in ICMP_PAIRS
+    if not one_way and (a, sp) > (b, dp):
+        a, b, sp, dp = b, a, dp, sp
+    data = struct.pack("!H", seed) + a + b + struct.pack("!BB", proto, 0)
+    if ported:
+        data += struct.pack("!HH", sp, dp)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+def to_record(r: tuple, srcid: str) -> dict[str, Any]:
+    """Turn one raw sensor_flow_t tuple into a record dict keyed by Argus field names."""
+    (seq, stime_us, ltime_us, sp, dp, sb, db, sa, da, synack, ackdat, sre, dre, smax, dmax,
+     smin, dmin, smpls, dmpls, sgap, dgap, sport, dport, proto, svlan, dvlan, flgs, saddr, daddr,
+     smac, dmac, kind, cause, state, dirn, conn, stos, dtos, sttl, dttl, sfl, dfl, ifindex,
+     history) = r
+    ip = kind != ADDR_MAC
+    is_arp = proto == 2054 and ip
+    ported = not ip or (proto in PORTED_PROTOS)
+    state_name = STATES[state]
+    if state == 8:
+        state_name = _icmp_state(proto, sport, dport)
+    has_mac = smac != b"\0" * 6 or dmac != b"\0" * 6
+    sip = ip and not is_arp
+    return {
+        "srcid": srcid, "seq": seq, "cause": CAUSES[cause],
+        "stime": stime_us / 1e6, "ltime": ltime_us / 1e6, "dur": (ltime_us - stime_us) / 1e6,
+        "proto": proto, "saddr": _addr(kind, saddr), "sport": sport if ported else None,
+        "daddr": _addr(kind, daddr), "dport": dport if ported else None,
+        "dir": DIRS[dirn], "state": state_name,
+        "spkts": sp, "dpkts": dp, "sbytes": sb, "dbytes": db, "sappbytes": sa, "dappbytes": da,
+        "pkts": sp + dp, "bytes": sb + db, "appbytes": sa + da,
+        "stos": stos if sip and sp else None, "dtos": dtos if sip and dp else None,
+        "sttl": sttl if sip and sp else None, "dttl": dttl if sip and dp else None,
+        "smac": smac.hex(":"), "dmac": dmac.hex(":"),
+        "svlan": None if svlan == 0xFFFF else svlan, "dvlan": None if dvlan == 0xFFFF else dvlan,
+        "smpls": None if smpls == 0xFFFFFFFF else smpls,
+        "dmpls": None if dmpls == 0xFFFFFFFF else dmpls,
+        "sflags": _tcp_flags(sfl), "dflags": _tcp_flags(dfl),
+        "synack": synack / 1e6, "ackdat": ackdat / 1e6, "tcprtt": (synack + ackdat) / 1e6,
+        "sretrans": sre, "dretrans": dre, "sgap": sgap, "dgap": dgap,
+        "smaxsz": smax, "sminsz": smin, "dmaxsz": dmax, "dminsz": dmin,
+        "flgs": _flgs(flgs, has_mac),
+        "conn_state": CONN_STATES[conn] if proto == 6 and ip else None,
+        "history": history.rstrip(b"\0").decode() if proto == 6 and ip else None,
+        "community_id": community_id(proto, kind, saddr, daddr, sport if ported else None,
+                                     dport if ported else None) if sip else None,
+        "sintf": ifindex,
+    }
+
+
+def meter_file(path: str, config: Config | None = None,
+               stats_out: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Meter one capture file and yield its records (ending with every flow still open at the end).
+
+    :param stats_out: filled with the source's counters (see :meth:`Capture.stats`) when done.
+    :raises CaptureError: when the file cannot be opened, or is truncated or corrupt; in the latter
+        case only after every record of what could be read has been yielded.
+    Example: ``for rec in meter_file("x.pcap"): print(rec["saddr"])``
+    """
+    config = config or Config()
+    srcid = config.sensor.id
+    for raw in meter_file_raw(path, config.flows, stats_out):
+        yield to_record(raw, srcid)
+
+
+def meter_file_raw(path: str, flows: FlowsConfig | None = None,
+                   stats_out: dict[str, Any] | None = None, count_only: bool = False) -> Iterator[Any]:
+    """Like :func:`meter_file`, yielding raw tuples (or, with count_only, per-batch record counts)."""
+    error = None
+    with Capture.open_file(path, flows) as cap:
+        drain = cap.drain_count if count_only else cap.drain_raw
+        while True:
+            try:
+                rc = cap.poll(POLL_PACKETS)
+            except CaptureError as exc:
+                error = exc
+                break
+            if rc == lib.SENSOR_EOF:
+                break
+            if count_only:
+                yield drain(cap.last_packet_us)
+            else:
+                yield from drain(cap.last_packet_us)
+        cap.end_all(lib.SENSOR_CAUSE_SHUTDOWN)
+        if count_only:
+            yield drain(cap.last_packet_us)
+        else:
+            yield from drain(cap.last_packet_us)
+        if stats_out is not None:
+            stats_out.update(cap.stats())
+    if error is not None:
+        raise error

@@ -1,0 +1,30 @@
+/* flowtable.h: the bidirectional flow table. Fixed capacity, keyed hash, per-class LRU lists; every
+ * record leaves through one ring (during packets) or straight into the caller's buffer (drain). */
+#ifndef FLOWTAP_FLOWTABLE_H
+#define FLOWTAP_FLOWTABLE_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "decode.h"
+#include "sensor.h"
+
+typedef struct ft_table ft_table_t;
+
+/* Records one packet can add to the ring at most (status cut, restart, eviction, fragment eviction). */
+enum { FT_RECORDS_PER_PACKET = 4 };
+
+/* Allocate a table for cfg (capacity, timeouts). Caller frees with ft_destroy. NULL on ENOMEM. */
+ft_table_t *ft_create(const sensor_config_t *cfg, const uint8_t seed[16]);
+void ft_destroy(ft_table_t *t);                    /* NULL-safe */
+/* New timeouts and status interval; open flows are kept. */
+void ft_configure(ft_table_t *t, const sensor_config_t *cfg);
+/* Meter one decoded packet seen at ts_us. Needs FT_RECORDS_PER_PACKET free ring slots. */
+void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts_us, uint8_t ifindex);
+size_t ft_ring_free(const ft_table_t *t);
+/* Pending ring records, then flows idle at now_us (and all flows after ft_end_all), into out. */
+size_t ft_drain(ft_table_t *t, sensor_flow_t *out, size_t cap, uint64_t now_us);
+void ft_end_all(ft_table_t *t, int cause);
+void ft_stats(const ft_table_t *t, sensor_stats_t *out);
+size_t ft_entry_size(void);
+
+#endif

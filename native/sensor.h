@@ -1,0 +1,170 @@
+/* sensor.h: the only header cffi sees. Plain declarations only: build_ffi.py drops lines starting
+ * with '#' and hands the rest to cdef(), so nothing here may need the preprocessor. */
+#ifndef FLOWTAP_SENSOR_H
+#define FLOWTAP_SENSOR_H
+#include <stdint.h>
+#include <stddef.h>
+
+enum { SENSOR_ABI_VERSION = 1 };
+enum { SENSOR_ERRBUF_SIZE = 512 };
+
+/* Return codes: >= 0 is success (a count where one is meaningful). */
+enum {
+    SENSOR_OK = 0,
+    SENSOR_EOF = -1,        /* capture file fully read */
+    SENSOR_ENOMEM = -2,
+    SENSOR_EPCAP = -3,      /* libpcap refused to open or activate */
+    SENSOR_EINVAL = -4,     /* bad argument or configuration value */
+    SENSOR_EFILE = -5,      /* capture file truncated or corrupt after some packets */
+    SENSOR_EFILTER = -6     /* BPF expression did not compile */
+};
+
+/* Why a record left the flow table (the `cause` column). */
+enum {
+    SENSOR_CAUSE_START = 0, SENSOR_CAUSE_STATUS = 1, SENSOR_CAUSE_STOP = 2,
+    SENSOR_CAUSE_TIMEOUT = 3, SENSOR_CAUSE_EVICT = 4, SENSOR_CAUSE_SHUTDOWN = 5
+};
+
+/* Argus `state` column for TCP/UDP/other; ICMP names are derived from type/code in Python. */
+enum {
+    SENSOR_STATE_NONE = 0, SENSOR_STATE_REQ = 1, SENSOR_STATE_ACC = 2, SENSOR_STATE_CON = 3,
+    SENSOR_STATE_INT = 4, SENSOR_STATE_FIN = 5, SENSOR_STATE_RST = 6, SENSOR_STATE_CLO = 7,
+    SENSOR_STATE_ICMP = 8
+};
+
+/* Argus `dir` column. */
+enum {
+    SENSOR_DIR_OUT = 0,       /* "->"  initiator known, one way */
+    SENSOR_DIR_BOTH = 1,      /* "<->" both ways (UDP, ICMP) */
+    SENSOR_DIR_IN = 2,        /* "<-"  only the responder spoke (echo reply only) */
+    SENSOR_DIR_UNK_BOTH = 3,  /* "<?>" initiator guessed (no handshake seen), both ways */
+    SENSOR_DIR_UNK_OUT = 4,   /* "?>"  initiator guessed, one way */
+    SENSOR_DIR_WHO = 5        /* "who" ARP */
+};
+
+/* Zeek conn_state for TCP flows (0 for others). */
+enum {
+    SENSOR_ZEEK_NONE = 0, SENSOR_ZEEK_S0 = 1, SENSOR_ZEEK_S1 = 2, SENSOR_ZEEK_SF = 3,
+    SENSOR_ZEEK_REJ = 4, SENSOR_ZEEK_S2 = 5, SENSOR_ZEEK_S3 = 6, SENSOR_ZEEK_RSTO = 7,
+    SENSOR_ZEEK_RSTR = 8, SENSOR_ZEEK_RSTOS0 = 9, SENSOR_ZEEK_RSTRH = 10, SENSOR_ZEEK_SH = 11,
+    SENSOR_ZEEK_SHR = 12, SENSOR_ZEEK_OTH = 13
+};
+
+/* What the two address slots hold. */
+enum { SENSOR_ADDR_IP4 = 4, SENSOR_ADDR_IP6 = 6, SENSOR_ADDR_MAC = 2 };
+
+/* `flgs` bits (Argus letters in parentheses). */
+enum {
+    SENSOR_FLG_VLAN = 1,        /* 802.1Q tag seen */
+    SENSOR_FLG_MPLS = 2,        /* MPLS label seen (m) */
+    SENSOR_FLG_PPPOE = 4,       /* PPPoE session */
+    SENSOR_FLG_FRAG = 8,        /* fragments attributed (F) */
+    SENSOR_FLG_FRAG_ORPHAN = 16,/* fragments whose first fragment was never seen (f) */
+    SENSOR_FLG_GAP = 32,        /* sequence gap: data acknowledged that was never seen (g) */
+    SENSOR_FLG_RETRANS = 64,    /* retransmissions seen (s/d) */
+    SENSOR_FLG_QINQ = 128,      /* two or more VLAN tags */
+    SENSOR_FLG_ICMP_UNREACH = 256, /* an ICMP unreachable quoted this flow (U) */
+    SENSOR_FLG_TRUNC = 512,     /* some frames cut by the snaplen before their L4 header */
+    SENSOR_FLG_TUNNEL = 1024    /* carried in or carrying a tunnel (GRE, IP-in-IP) */
+};
+
+/* Decode problems, counted by reason; never fatal. */
+enum {
+    SENSOR_DERR_LINK_TRUNC = 0,     /* frame shorter than its link header */
+    SENSOR_DERR_LINKTYPE = 1,       /* link type we do not decode */
+    SENSOR_DERR_IP_TRUNC = 2,       /* captured bytes end inside the IP header */
+    SENSOR_DERR_IP_VERSION = 3,     /* version nibble is not 4 or 6 */
+    SENSOR_DERR_IP_HDRLEN = 4,      /* IHL below 5 or beyond the packet */
+    SENSOR_DERR_IP_TOTLEN = 5,      /* total/payload length inconsistent with the frame */
+    SENSOR_DERR_L4_TRUNC = 6,       /* captured bytes end inside the TCP/UDP/ICMP header */
+    SENSOR_DERR_TCP_HDRLEN = 7,     /* TCP data offset below 5 or beyond the segment */
+    SENSOR_DERR_ENCAP = 8,          /* VLAN/MPLS/PPPoE stack too deep or malformed */
+    SENSOR_DERR_FRAG_TABLE = 9,     /* fragment table full: fragment counted on its own */
+    SENSOR_DERR_COUNT = 10
+};
+
+typedef struct sensor_config {
+    uint32_t max_flows;            /* flow table capacity (entries) */
+    uint32_t max_frags;            /* fragment-tracking table capacity */
+    uint32_t timeout_tcp_s;        /* idle timeouts per protocol class */
+    uint32_t timeout_udp_s;
+    uint32_t timeout_icmp_s;
+    uint32_t timeout_other_s;
+    uint32_t timeout_closed_s;     /* after FIN both ways or RST: how long stragglers still join */
+    uint32_t timeout_frag_s;
+    uint32_t status_interval_s;    /* 0 = no Status records */
+    uint32_t record_ring;          /* records buffered between drains */
+    uint32_t snaplen;              /* live only */
+    uint32_t ring_bytes;           /* live only: TPACKET_V3 buffer size */
+    uint32_t promisc;              /* live only */
+    uint32_t inbound_only;         /* live only: capture PCAP_D_IN on a bridge member port */
+    uint32_t timeout_ms;           /* live only: ring block timeout */
+    uint32_t reserved;
+} sensor_config_t;
+
+/* Exported record: plain data, no pointers. Index 0 is the initiator (s*), 1 the responder (d*).
+ * 208 bytes, no padding: _Static_assert in sensor.c, format in appliance/capture.py. */
+typedef struct sensor_flow {
+    uint64_t seq;                  /* record number, per sensor handle */
+    uint64_t stime_us, ltime_us;   /* packet clock, µs since the epoch */
+    uint64_t pkts[2], bytes[2];    /* bytes: frame length on the wire (pcap len) */
+    uint64_t appbytes[2];          /* L4 payload (ICMP: whole message), Argus -A */
+    uint32_t synack_us, ackdat_us; /* SYN→SYN/ACK and SYN/ACK→ACK, 0 = not seen */
+    uint32_t retrans[2];
+    uint32_t maxsz[2], minsz[2];   /* frame sizes on the wire */
+    uint32_t mpls[2];              /* top MPLS label, 0xFFFFFFFF = none */
+    uint32_t gaps[2];              /* bytes acknowledged but never seen */
+    uint16_t port[2];              /* host order; ICMP: type and code, echo: type and id */
+    uint16_t proto;                /* IP protocol, or the ethertype for non-IP flows (0 = LLC) */
+    uint16_t vlan[2];              /* last 802.1Q id seen, 0xFFFF = none */
+    uint16_t flgs;                 /* SENSOR_FLG_* */
+    uint8_t  addr[2][16];          /* IPv4 in the first 4 bytes; MAC in the first 6 */
+    uint8_t  mac[2][6];
+    uint8_t  addr_type;            /* SENSOR_ADDR_* */
+    uint8_t  cause, state, dir, conn_state;
+    uint8_t  tos[2], ttl[2];       /* last seen; ttl 0 with no packets from that side */
+    uint8_t  tcpflags[2];          /* TCP flags OR'd per direction */
+    uint8_t  ifindex;              /* capture point that saw the initiator's first frame */
+    char     history[20];          /* Zeek history, NUL-padded */
+} sensor_flow_t;
+
+typedef struct sensor_stats {
+    uint64_t packets, bytes;               /* frames handed to the decoder */
+    uint64_t decode_errors[10];            /* indexed by SENSOR_DERR_* */
+    uint64_t flows_active, flows_created, flows_ended, flows_evicted;
+    uint64_t flows_capacity;
+    uint64_t records;                      /* records produced */
+    uint64_t frags_tracked, frags_orphaned;
+    uint64_t gap_acks;                     /* ACKs above a gap (capture loss indicator) */
+    uint64_t pcap_recv, pcap_drop, pcap_ifdrop;
+    uint64_t last_packet_us;               /* highest packet time seen */
+    uint64_t warnings;                     /* pcap_activate warnings */
+} sensor_stats_t;
+
+typedef struct sensor sensor_t;            /* opaque; caller owns; free with sensor_close */
+
+/* Open a pcap/pcapng file. On success *out is the handle (free with sensor_close); on error *out is
+ * NULL and errbuf (SENSOR_ERRBUF_SIZE bytes) says why. */
+int sensor_open_file(const sensor_config_t *cfg, const char *path, char *errbuf, sensor_t **out);
+/* Open a live interface (TPACKET_V3 ring through libpcap). bpf may be NULL or "". Same ownership. */
+int sensor_open_live(const sensor_config_t *cfg, const char *iface, const char *bpf,
+                     char *errbuf, sensor_t **out);
+/* Replace the BPF filter of a live handle. */
+int sensor_set_filter(sensor_t *s, const char *bpf);
+/* Change timeouts and the status interval of an open handle (open flows are kept). */
+int sensor_reconfigure(sensor_t *s, const sensor_config_t *cfg);
+/* Read and meter up to max_packets packets: >= 0 handled, SENSOR_EOF, or SENSOR_E* (< 0). */
+int sensor_poll(sensor_t *s, int max_packets);
+/* Copy up to cap finished records into out, expiring flows idle at now_us first. */
+size_t sensor_drain(sensor_t *s, sensor_flow_t *out, size_t cap, uint64_t now_us);
+/* End every open flow with the given cause; the records then come out of sensor_drain. */
+void sensor_end_all(sensor_t *s, int cause);
+void sensor_get_stats(sensor_t *s, sensor_stats_t *out);
+/* Returns the pcap file descriptor of a live handle (for poll/select), or -1. */
+int sensor_fileno(const sensor_t *s);
+const char *sensor_last_error(const sensor_t *s);  /* valid until the next call on s */
+/* Bytes one flow-table entry costs (for the memory figure in status and benches). */
+size_t sensor_entry_size(void);
+void sensor_close(sensor_t *s);                    /* NULL-safe */
+
+#endif

@@ -24,7 +24,15 @@ if lib.SENSOR_ABI_VERSION != ABI_VERSION:
     raise ImportError(f"native module ABI {lib.SENSOR_ABI_VERSION}, expected {ABI_VERSION}: rebuild")
 
 # sensor_flow_t, field for field (native/sensor.h). tests/test_native_abi.py checks every offset.
-RECORD = struct.Struct("<Q QQ 2Q 2Q 2Q II 2I 2I 2I 2I 2I 2H H 2H H 16s16s 6s6s B BBBB 2B 2B 2B B 20s")
+RECORD_LAYOUT = (
+    ("seq", "Q"), ("stime_us", "Q"), ("ltime_us", "Q"), ("pkts", "2Q"), ("bytes", "2Q"),
+    ("appbytes", "2Q"), ("synack_us", "I"), ("ackdat_us", "I"), ("retrans", "2I"), ("maxsz", "2I"),
+    ("minsz", "2I"), ("mpls", "2I"), ("gaps", "2I"), ("port", "2H"), ("proto", "H"), ("vlan", "2H"),
+    ("flgs", "H"), ("addr", "16s16s"), ("mac", "6s6s"), ("addr_type", "B"), ("cause", "B"),
+    ("state", "B"), ("dir", "B"), ("conn_state", "B"), ("tos", "2B"), ("ttl", "2B"),
+    ("tcpflags", "2B"), ("ifindex", "B"), ("history", "20s"),
+)
+RECORD = struct.Struct("<" + "".join(code for _, code in RECORD_LAYOUT))
 RECORD_SIZE = RECORD.size
 POLL_PACKETS = 8192
 DRAIN_BATCH = 4096

@@ -51,9 +51,9 @@ TCP_FLAG_LETTERS = "FSRPAUEC"            # bit 0 (FIN) to bit 7 (CWR), tcpdump's
 ICMP4_NAMES = {0: "ECR", 4: "SRC", 5: "RED", 8: "ECO", 9: "RTA", 10: "RTS", 11: "TXD", 12: "PAR",
                13: "TST", 14: "TSR", 15: "IRQ", 16: "IRR", 17: "MAS", 18: "MSR"}
 ICMP4_UNREACH = {0: "URN", 1: "URH", 2: "URO", 3: "URP", 4: "URF", 5: "URS"}
-ICMP6_NAMES = {1: "UNR", 2: "PTB", 3: "TXD", 4: "PAR", 128: "ECO", 129: "ECR", 130: "MLQ",
-               131: "MLR", 132: "MLD", 133: "RTS", 134: "RTA", 135: "NBS", 136: "NBA", 137: "RED",
-               143: "MLR"}
+ICMP6_NAMES = {1: "UNR", 2: "PTB", 3: "TXD", 4: "PAR", 128: "ECO", 129: "ECR", 130: "MRQ",
+               131: "MRP", 132: "MRD", 133: "NRS", 134: "NRA", 135: "NNS", 136: "NNA", 137: "NRED",
+               143: "MHR"}
 ICMP_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17, 128: 129, 129: 128}
 PORTED_PROTOS = {6, 17, 132, 1, 58}
 

@@ -10,7 +10,7 @@ enum {
     ETH_IPV4 = 0x0800, ETH_ARP = 0x0806, ETH_VLAN = 0x8100, ETH_QINQ = 0x88a8, ETH_QINQ_OLD = 0x9100,
     ETH_IPV6 = 0x86dd, ETH_MPLS = 0x8847, ETH_MPLS_MC = 0x8848, ETH_PPPOE_SESS = 0x8864,
     PPP_IPV4 = 0x0021, PPP_IPV6 = 0x0057, PPP_MPLS = 0x0281, PPP_MPLS_MC = 0x0283,
-    MAX_TAGS = 8, MAX_LABELS = 16, MAX_EXT_HEADERS = 16
+    MAX_TAGS = 8, MAX_LABELS = 16
 };
 
 static uint16_t rd16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
@@ -43,6 +43,50 @@ static int skip(cursor_t *c, uint32_t n)
 }
 
 static int decode_ip(cursor_t *c, decode_pkt_t *out);
+static int decode_ethernet(cursor_t *c, decode_pkt_t *out);
+static int decode_mpls(cursor_t *c, decode_pkt_t *out);
+
+/* GRE carrying IP, MPLS or Ethernet (and PPTP's GRE carrying IP in PPP) is metered as the inner flow,
+ * as Argus does; other GRE (PPP control, keepalives) stays a GRE flow between the tunnel endpoints.
+ * Returns 1 when the packet stays an outer GRE packet. */
+static int decode_gre(const uint8_t *p, uint32_t cap, decode_pkt_t *out)
+{
+    if (cap < 4) return 1;
+    uint8_t version = p[1] & 0x07;
+    uint16_t proto = rd16(p + 2);
+    uint32_t hdr;
+    if (version == 0) {
+        hdr = 4 + ((p[0] & 0x80) ? 4 : 0) + ((p[0] & 0x20) ? 4 : 0) + ((p[0] & 0x10) ? 4 : 0);
+    } else if (version == 1 && proto == 0x880b) {  /* PPTP: PPP inside; IP payloads are decapsulated */
+        hdr = 8 + ((p[0] & 0x10) ? 4 : 0) + ((p[1] & 0x80) ? 4 : 0);
+        if (hdr + 1 > cap) return 1;
+        if (hdr + 2 <= cap && p[hdr] == 0xff && p[hdr + 1] == 0x03) hdr += 2;
+        if (hdr + 1 > cap) return 1;
+        if (p[hdr] & 1) {                          /* protocol-field compression: one byte */
+            proto = p[hdr];
+            hdr += 1;
+        } else {
+            if (hdr + 2 > cap) return 1;
+            proto = rd16(p + hdr);
+            hdr += 2;
+        }
+        if (proto == PPP_IPV4) proto = ETH_IPV4;
+        else if (proto == PPP_IPV6) proto = ETH_IPV6;
+        else return 1;
+    } else {
+        return 1;
+    }
+    if (hdr > cap || hdr > out->ip_payload) return 1;
+    if (proto != ETH_IPV4 && proto != ETH_IPV6 && proto != ETH_MPLS && proto != 0x6558) return 1;
+    cursor_t inner = {p + hdr, cap - hdr, out->ip_payload - hdr};
+    uint32_t wire = out->wire_len;
+    memset(out, 0, sizeof *out);
+    out->wire_len = wire;                         /* the whole frame is still what crossed the wire */
+    out->tunnel = 1;
+    if (proto == 0x6558) return decode_ethernet(&inner, out);
+    if (proto == ETH_MPLS) return decode_mpls(&inner, out);
+    return decode_ip(&inner, out);
+}
 
 static void set_l4(decode_pkt_t *out, uint32_t hdr)
 {
@@ -100,6 +144,14 @@ static int decode_l4(const uint8_t *p, uint32_t cap, decode_pkt_t *out, int v6)
         out->l4_ok = 1;
         return 0;
     }
+    case 47: {
+        if (out->tunnel) break;                   /* one level of GRE is decapsulated, no more */
+        decode_pkt_t outer = *out;
+        int rc = decode_gre(p, cap, out);
+        if (rc <= 0) return rc;
+        *out = outer;
+        break;
+    }
     default:
         break;
     }
@@ -131,6 +183,8 @@ static int decode_ipv4(cursor_t *c, decode_pkt_t *out)
     if (frag_off || (off & 0x2000)) {
         out->frag = frag_off ? DECODE_FRAG_LATER : DECODE_FRAG_FIRST;
         out->frag_id = rd16(p + 4);
+        out->frag_offset = (uint32_t)frag_off * 8;
+        out->frag_more = (off & 0x2000) != 0;
     }
     if (out->frag == DECODE_FRAG_LATER) {
         out->app_len = out->ip_payload;
@@ -156,7 +210,7 @@ static int decode_ipv6(cursor_t *c, decode_pkt_t *out)
     uint8_t next = p[6];
     uint32_t off = 40, cap = c->cap;
     uint32_t end = 40 + plen;
-    for (int i = 0; i < MAX_EXT_HEADERS; i++) {
+    while (off < cap) {                           /* each extension header advances >= 8 bytes */
         if (next == 0 || next == 43 || next == 60 || next == 135) {
             if (off + 8 > cap) return fail(SENSOR_DERR_IP_TRUNC);
             uint32_t len = ((uint32_t)p[off + 1] + 1) * 8;
@@ -173,6 +227,8 @@ static int decode_ipv6(cursor_t *c, decode_pkt_t *out)
             if ((fo & 0xfff8) || (fo & 1)) {
                 out->frag = (fo & 0xfff8) ? DECODE_FRAG_LATER : DECODE_FRAG_FIRST;
                 out->frag_id = rd32(p + off + 4);
+                out->frag_offset = fo & 0xfff8;
+                out->frag_more = fo & 1;
             }
             next = p[off];
             off += 8;
@@ -318,6 +374,8 @@ static int decode_ethernet(cursor_t *c, decode_pkt_t *out)
     return decode_ethertype(c, type, out);
 }
 
+/* Frame lengths count the Ethernet header, as Argus does, but not the pseudo-headers of cooked
+ * link types (SLL, SLL2, NULL/LOOP, PPP): those bytes were never on the wire. */
 int decode_packet(int linktype, const uint8_t *data, uint32_t caplen, uint32_t wire_len,
                   decode_pkt_t *out)
 {
@@ -334,6 +392,7 @@ int decode_packet(int linktype, const uint8_t *data, uint32_t caplen, uint32_t w
         uint32_t af = linktype == DECODE_LINK_LOOP ? rd32(c.p) : rd32le(c.p);
         if (af > 0xffff) af = rd32(c.p);
         skip(&c, 4);
+        out->wire_len = c.wire;
         if (af == 2) return decode_ip(&c, out);
         if (af == 10 || af == 24 || af == 28 || af == 30) return decode_ip(&c, out);
         return fail(SENSOR_DERR_LINKTYPE);
@@ -353,6 +412,7 @@ int decode_packet(int linktype, const uint8_t *data, uint32_t caplen, uint32_t w
         }
         uint16_t type = rd16(c.p + 14);
         skip(&c, 16);
+        out->wire_len = c.wire;
         return decode_ethertype(&c, type, out);
     }
     case DECODE_LINK_SLL2: {
@@ -363,6 +423,7 @@ int decode_packet(int linktype, const uint8_t *data, uint32_t caplen, uint32_t w
             memcpy(out->mac_src, c.p + 12, 6);
         }
         skip(&c, 20);
+        out->wire_len = c.wire;
         return decode_ethertype(&c, type, out);
     }
     case DECODE_LINK_PPP:
@@ -374,6 +435,7 @@ int decode_packet(int linktype, const uint8_t *data, uint32_t caplen, uint32_t w
         if (c.cap < 2) return fail(SENSOR_DERR_LINK_TRUNC);
         uint16_t proto = rd16(c.p);
         skip(&c, 2);
+        out->wire_len = c.wire;
         if (linktype == DECODE_LINK_C_HDLC) {                      /* Cisco HDLC carries ethertypes */
             if (proto == ETH_IPV4 || proto == ETH_IPV6) return decode_ip(&c, out);
             if (proto == ETH_MPLS) return decode_mpls(&c, out);

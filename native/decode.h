@@ -43,6 +43,8 @@ typedef struct decode_pkt {
     uint8_t  icmp_query;          /* request type of the query pair (8, 13, 15, 17, 128) */
     uint8_t  frag;                /* DECODE_FRAG_* */
     uint32_t frag_id;
+    uint32_t frag_offset;         /* bytes */
+    uint8_t  frag_more;           /* more fragments follow */
     uint32_t ip_payload;          /* bytes after the IP header(s), per the IP length fields */
     uint32_t app_len;             /* payload after the transport header (Argus app bytes) */
 } decode_pkt_t;

@@ -62,6 +62,8 @@ typedef struct ft_frag {
     uint64_t pend_bytes, pend_payload;
     uint32_t pend_min, pend_max;
     uint8_t  ttl, tos;
+    uint32_t received;        /* payload bytes of the datagram seen so far (duplicates too) */
+    uint32_t expected;        /* datagram payload length once its last fragment is seen, else 0 */
     uint64_t first_us, last_us;
 } ft_frag_t;
 
@@ -735,6 +737,21 @@ static int frag_flow_valid(const ft_table_t *t, const ft_frag_t *g)
     return g->flow != FT_NIL && t->flows[g->flow].in_use && t->flows[g->flow].gen == g->flow_gen;
 }
 
+/* Count a fragment towards its datagram; a datagram whose last fragment has arrived and whose bytes
+ * are all accounted for is complete, and its entry is released (later copies become orphans, as in
+ * Argus). Returns 1 when the entry was released. */
+static int frag_account(ft_table_t *t, uint32_t gi, const decode_pkt_t *p)
+{
+    ft_frag_t *g = &t->frags[gi];
+    g->received += p->ip_payload;
+    if (!p->frag_more) g->expected = p->frag_offset + p->ip_payload;
+    if (g->expected && g->received >= g->expected && g->flow != FT_NIL) {
+        frag_remove(t, gi);
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- per packet ---- */
 
 void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifindex)
@@ -752,6 +769,7 @@ void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifinde
             count(f, g->side, 1, wire, 0, wire, wire);
             note_headers(f, p, g->side);
             touch(t, g->flow, ts);
+            frag_account(t, gi, p);
         } else {
             g->flow = FT_NIL;
             g->pend_pkts++;
@@ -761,6 +779,8 @@ void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifinde
             if (wire > g->pend_max) g->pend_max = wire;
             g->ttl = p->ttl;
             g->tos = p->tos;
+            g->received += p->ip_payload;
+            if (!p->frag_more) g->expected = p->frag_offset + p->ip_payload;
         }
         return;
     }
@@ -790,6 +810,7 @@ void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifinde
             count(f, s, g->pend_pkts, g->pend_bytes, 0, g->pend_min, g->pend_max);
             g->pend_pkts = 0;
         }
+        frag_account(t, gi, p);
     }
 }
 

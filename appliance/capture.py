@@ -30,7 +30,7 @@ RECORD_LAYOUT = (
     ("minsz", "2I"), ("mpls", "2I"), ("gaps", "2I"), ("port", "2H"), ("proto", "H"), ("vlan", "2H"),
     ("flgs", "H"), ("addr", "16s16s"), ("mac", "6s6s"), ("addr_type", "B"), ("cause", "B"),
     ("state", "B"), ("dir", "B"), ("conn_state", "B"), ("tos", "2B"), ("ttl", "2B"),
-    ("tcpflags", "2B"), ("ifindex", "B"), ("history", "20s"),
+    ("tcpflags", "2B"), ("ifindex", "B"), ("icmp_code", "B"), ("history", "19s"),
 )
 RECORD = struct.Struct("<" + "".join(code for _, code in RECORD_LAYOUT))
 RECORD_SIZE = RECORD.size
@@ -276,13 +276,13 @@ def to_record(r: tuple, srcid: str) -> dict[str, Any]:
     (seq, stime_us, ltime_us, sp, dp, sb, db, sa, da, synack, ackdat, sre, dre, smax, dmax,
      smin, dmin, smpls, dmpls, sgap, dgap, sport, dport, proto, svlan, dvlan, flgs, saddr, daddr,
      smac, dmac, kind, cause, state, dirn, conn, stos, dtos, sttl, dttl, sfl, dfl, ifindex,
-     history) = r
+     icmp_code, history) = r
     ip = kind != ADDR_MAC
     is_arp = proto == 2054 and ip
     ported = not ip or (proto in PORTED_PROTOS)
     state_name = STATES[state]
     if state == 8:
-        state_name = _icmp_state(proto, sport, dport)
+        state_name = _icmp_state(proto, sport, icmp_code)
     has_mac = smac != b"\0" * 6 or dmac != b"\0" * 6
     sip = ip and not is_arp
     return {

@@ -88,10 +88,53 @@ static int decode_gre(const uint8_t *p, uint32_t cap, decode_pkt_t *out)
     return decode_ip(&inner, out);
 }
 
+/* The packet an ICMP error quotes (its IP header and first 8 bytes), so the error can be keyed by
+ * the quoted port (as Argus does) and the quoted flow can be flagged. */
+static void decode_quoted(const uint8_t *q, uint32_t cap, decode_pkt_t *out, int v6)
+{
+    uint32_t hdr;
+    uint8_t proto;
+    if (!v6) {
+        if (cap < 20 || (q[0] >> 4) != 4) return;
+        hdr = (uint32_t)(q[0] & 0x0f) * 4;
+        if (hdr < 20 || (rd16(q + 6) & 0x1fff)) return;   /* a later fragment quotes no ports */
+        proto = q[9];
+        memcpy(out->quoted_src, q + 12, 4);
+        memcpy(out->quoted_dst, q + 16, 4);
+    } else {
+        if (cap < 40 || (q[0] >> 4) != 6) return;
+        hdr = 40;
+        proto = q[6];
+        memcpy(out->quoted_src, q + 8, 16);
+        memcpy(out->quoted_dst, q + 24, 16);
+    }
+    if ((proto != 6 && proto != 17 && proto != 132) || hdr + 4 > cap) return;
+    out->quoted = 1;
+    out->quoted_proto = proto;
+    out->quoted_sport = rd16(q + hdr);
+    out->quoted_dport = rd16(q + hdr + 2);
+}
+
+static int is_icmp_error(uint8_t type, int v6)
+{
+    return v6 ? (type >= 1 && type <= 4) : (type == 3 || type == 4 || type == 5 || type == 11 || type == 12);
+}
+
 static void set_l4(decode_pkt_t *out, uint32_t hdr)
 {
     out->app_len = out->ip_payload >= hdr ? out->ip_payload - hdr : 0;
     out->l4_ok = 1;
+}
+
+/* A valid IP packet whose transport header is cut short or broken is still metered, in a flow
+ * without ports; the problem is counted. */
+static int portless(decode_pkt_t *out, int reason)
+{
+    out->anomaly = (uint8_t)(1 + reason);
+    out->has_ports = 0;
+    out->app_len = 0;
+    out->l4_ok = 0;
+    return 0;
 }
 
 /* Transport header of the first (or only) fragment. cap is what was captured of it. */
@@ -99,9 +142,9 @@ static int decode_l4(const uint8_t *p, uint32_t cap, decode_pkt_t *out, int v6)
 {
     switch (out->proto) {
     case 6: {
-        if (cap < 20) return fail(SENSOR_DERR_L4_TRUNC);
+        if (cap < 20) return portless(out, SENSOR_DERR_L4_TRUNC);
         uint32_t doff = (uint32_t)(p[12] >> 4) * 4;
-        if (doff < 20 || doff > out->ip_payload) return fail(SENSOR_DERR_TCP_HDRLEN);
+        if (doff < 20 || doff > out->ip_payload) return portless(out, SENSOR_DERR_TCP_HDRLEN);
         out->sport = rd16(p);
         out->dport = rd16(p + 2);
         out->tcp_seq = rd32(p + 4);
@@ -114,7 +157,7 @@ static int decode_l4(const uint8_t *p, uint32_t cap, decode_pkt_t *out, int v6)
     }
     case 17:
     case 132:
-        if (cap < 8) return fail(SENSOR_DERR_L4_TRUNC);
+        if (cap < 8) return portless(out, SENSOR_DERR_L4_TRUNC);
         out->sport = rd16(p);
         out->dport = rd16(p + 2);
         out->has_ports = 1;
@@ -123,7 +166,7 @@ static int decode_l4(const uint8_t *p, uint32_t cap, decode_pkt_t *out, int v6)
     case 1:
     case 58: {
         if ((out->proto == 1) == (v6 != 0)) break;   /* ICMP in v6 or ICMPv6 in v4: plain IP flow */
-        if (cap < 4) return fail(SENSOR_DERR_L4_TRUNC);
+        if (cap < 4) return portless(out, SENSOR_DERR_L4_TRUNC);
         uint8_t t = p[0];
         out->icmp_type = t;
         out->icmp_code = p[1];
@@ -140,6 +183,7 @@ static int decode_l4(const uint8_t *p, uint32_t cap, decode_pkt_t *out, int v6)
                 out->icmp_id = cap >= 6 ? rd16(p + 4) : 0;
             }
         }
+        if (is_icmp_error(t, v6) && cap > 8) decode_quoted(p + 8, cap - 8, out, v6);
         out->app_len = out->ip_payload;          /* Argus: the whole ICMP message */
         out->l4_ok = 1;
         return 0;
@@ -169,7 +213,10 @@ static int decode_ipv4(cursor_t *c, decode_pkt_t *out)
     if (ihl > c->cap) return fail(SENSOR_DERR_IP_TRUNC);
     uint32_t total = rd16(p + 2);
     if (total < ihl) return fail(SENSOR_DERR_IP_TOTLEN);
-    if (total > c->wire) return fail(SENSOR_DERR_IP_TOTLEN);
+    if (total > c->wire) {                        /* claims more than the frame had: meter what was */
+        out->anomaly = 1 + SENSOR_DERR_IP_TOTLEN;
+        total = c->wire;
+    }
     out->kind = DECODE_KIND_IP;
     out->addr_type = SENSOR_ADDR_IP4;
     out->tos = p[1];
@@ -200,7 +247,10 @@ static int decode_ipv6(cursor_t *c, decode_pkt_t *out)
     uint32_t plen = rd16(p + 4);
     uint32_t wire_payload = c->wire >= 40 ? c->wire - 40 : 0;
     if (plen == 0) plen = wire_payload;       /* jumbogram (or bogus): trust the frame */
-    if (plen > wire_payload) return fail(SENSOR_DERR_IP_TOTLEN);
+    if (plen > wire_payload) {
+        out->anomaly = 1 + SENSOR_DERR_IP_TOTLEN;
+        plen = wire_payload;
+    }
     out->kind = DECODE_KIND_IP;
     out->addr_type = SENSOR_ADDR_IP6;
     out->tos = (uint8_t)(((p[0] & 0x0f) << 4) | (p[1] >> 4));
@@ -271,7 +321,9 @@ static int decode_mpls(cursor_t *c, decode_pkt_t *out)
             if (c->cap < 1) return fail(SENSOR_DERR_ENCAP);
             uint8_t v = c->p[0] >> 4;
             if (v == 4 || v == 6) return decode_ip(c, out);
-            return fail(SENSOR_DERR_ENCAP);
+            /* Ethernet pseudowire, with the RFC 4385 control word (first nibble 0) or without. */
+            if (v == 0 && skip(c, 4) < 0) return fail(SENSOR_DERR_ENCAP);
+            return decode_ethernet(c, out);
         }
     }
     return fail(SENSOR_DERR_ENCAP);
@@ -334,14 +386,23 @@ static int decode_ethertype(cursor_t *c, uint16_t type, decode_pkt_t *out)
         case ETH_IPV4:
         case ETH_IPV6: return decode_ip(c, out);
         case ETH_MPLS:
-        case ETH_MPLS_MC: return decode_mpls(c, out);
+        case ETH_MPLS_MC: {
+            decode_pkt_t outer = *out;
+            if (decode_mpls(c, out) == 0) return 0;
+            *out = outer;                         /* undecodable payload: an ethertype flow */
+            return decode_l2_flow(out, type);
+        }
         case ETH_ARP: return decode_arp(c, out);
-        case ETH_PPPOE_SESS:
-            if (c->cap < 8) return fail(SENSOR_DERR_ENCAP);
+        case ETH_PPPOE_SESS: {
+            if (c->cap < 8) return decode_l2_flow(out, type);
+            uint16_t ppp = rd16(c->p + 6);
+            decode_pkt_t outer = *out;
             out->pppoe = 1;
-            type = rd16(c->p + 6);
             skip(c, 8);
-            return decode_ppp_proto(c, type, out);
+            if (decode_ppp_proto(c, ppp, out) == 0) return 0;
+            *out = outer;                         /* PPP control (LCP, IPCP...): an ethertype flow */
+            return decode_l2_flow(out, ETH_PPPOE_SESS);
+        }
         default:
             if (type <= 1500) {                   /* 802.3 length: LLC, maybe SNAP */
                 if (c->cap < 3) return fail(SENSOR_DERR_ENCAP);
@@ -366,6 +427,7 @@ static int decode_ethertype(cursor_t *c, uint16_t type, decode_pkt_t *out)
 static int decode_ethernet(cursor_t *c, decode_pkt_t *out)
 {
     if (c->cap < 14) return fail(SENSOR_DERR_LINK_TRUNC);
+    if (++out->depth > 4) return fail(SENSOR_DERR_ENCAP);
     out->has_mac = 1;
     memcpy(out->mac_dst, c->p, 6);
     memcpy(out->mac_src, c->p + 6, 6);

@@ -28,6 +28,7 @@ typedef struct decode_pkt {
     uint8_t  mac_src[6], mac_dst[6];
     uint16_t vlan;                /* outermost 802.1Q/802.1ad id */
     uint8_t  has_mpls, pppoe, tunnel;
+    uint8_t  depth;               /* Ethernet headers nested (pseudowires, GRE): bounded */
     uint32_t mpls;                /* top label */
     uint8_t  src[16], dst[16];    /* IPv4 in the first 4 bytes; MACs in the first 6 */
     uint16_t proto;               /* IP protocol, or ethertype (0 = LLC) */
@@ -41,6 +42,11 @@ typedef struct decode_pkt {
     uint8_t  icmp_type, icmp_code, icmp_role;
     uint16_t icmp_id;
     uint8_t  icmp_query;          /* request type of the query pair (8, 13, 15, 17, 128) */
+    uint8_t  quoted;              /* ICMP error quoting a TCP/UDP/SCTP packet: fields below valid */
+    uint8_t  quoted_proto;
+    uint8_t  quoted_src[16], quoted_dst[16];
+    uint16_t quoted_sport, quoted_dport;
+    uint8_t  anomaly;             /* 1 + SENSOR_DERR_* noticed but metered anyway, 0 = none */
     uint8_t  frag;                /* DECODE_FRAG_* */
     uint32_t frag_id;
     uint32_t frag_offset;         /* bytes */

@@ -33,6 +33,8 @@ typedef struct ft_key {
     uint16_t proto;
     uint8_t  addr_type;
     uint8_t  icmp_query;      /* request type of an ICMP query pair, else 0 */
+    uint8_t  icmp_code;       /* ICMP errors: the code (the quoted port is in the port slot) */
+    uint8_t  pad[3];          /* keys are compared with memcmp: always zeroed */
 } ft_key_t;
 
 typedef struct ft_flow {
@@ -269,6 +271,7 @@ static void export_flow(ft_table_t *t, const ft_flow_t *f, int cause, sensor_flo
     }
     dst->proto = f->key.proto;
     dst->addr_type = f->key.addr_type;
+    dst->icmp_code = f->key.icmp_code;
     int both = r->pkts[a] && r->pkts[b];
     switch (f->cls == FT_CLOSED ? FT_TCP : f->cls) {
     case FT_TCP:
@@ -560,14 +563,21 @@ static void make_key(const decode_pkt_t *p, ft_key_t *k, int *side)
             sp = dp = p->icmp_id;
             k->icmp_query = p->icmp_query;
         } else {
+            /* One flow per (type, code, quoted destination port), as Argus keys errors. */
             sp = p->icmp_type;
-            dp = p->icmp_code;
+            dp = p->quoted ? p->quoted_dport : p->icmp_code;
+            k->icmp_code = p->icmp_code;
         }
     } else if (!p->has_ports) {
         sp = dp = 0;
     }
-    int c = memcmp(p->src, p->dst, 16);
-    int swap = c > 0 || (c == 0 && sp > dp);
+    int swap;
+    if (p->kind == DECODE_KIND_ARP) {
+        swap = p->icmp_role == DECODE_ICMP_REPLY;  /* ARP: keyed asker -> target, as Argus does */
+    } else {
+        int c = memcmp(p->src, p->dst, 16);
+        swap = c > 0 || (c == 0 && sp > dp);
+    }
     memcpy(k->addr[swap], p->src, 16);
     memcpy(k->addr[!swap], p->dst, 16);
     k->port[swap] = sp;
@@ -630,6 +640,26 @@ static void note_headers(ft_flow_t *f, const decode_pkt_t *p, int s)
     if (p->frag) r->flgs |= SENSOR_FLG_FRAG;
     if (p->icmp_role == DECODE_ICMP_REQUEST) f->seen[s] |= SEEN_REQUEST;
     if (p->icmp_role == DECODE_ICMP_REPLY) f->seen[s] |= SEEN_REPLY;
+}
+
+/* An ICMP error quoting a packet marks that packet's flow (Argus `U`). */
+static void flag_quoted_flow(ft_table_t *t, const decode_pkt_t *p)
+{
+    decode_pkt_t q;
+    memset(&q, 0, sizeof q);
+    q.kind = DECODE_KIND_IP;
+    q.addr_type = p->addr_type;
+    q.proto = p->quoted_proto;
+    q.has_ports = 1;
+    memcpy(q.src, p->quoted_src, 16);
+    memcpy(q.dst, p->quoted_dst, 16);
+    q.sport = p->quoted_sport;
+    q.dport = p->quoted_dport;
+    ft_key_t k;
+    int side;
+    make_key(&q, &k, &side);
+    uint32_t i = flow_find(t, &k, bucket_of(t, &k));
+    if (i != FT_NIL) t->flows[i].rec.flgs |= SENSOR_FLG_ICMP_UNREACH;
 }
 
 /* ---- fragments ---- */
@@ -791,11 +821,12 @@ void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifinde
     status_cut(t, f, ts);
     count(f, s, 1, wire, p->app_len, wire, wire);
     note_headers(f, p, s);
-    if (p->proto == 6 && p->kind == DECODE_KIND_IP) {
+    if (p->proto == 6 && p->kind == DECODE_KIND_IP && p->has_ports) {
         f->rec.tcpflags[s] |= p->tcp_flags;
         tcp_update(t, f, p, s, ts);
     }
     touch(t, i, ts);
+    if (p->quoted) flag_quoted_flow(t, p);
     if (p->frag == DECODE_FRAG_FIRST) {
         uint32_t gen = f->gen;
         uint32_t gi = frag_get(t, p, ts);

@@ -177,6 +177,7 @@ static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, u
         s->stats.decode_errors[-1 - rc]++;
         return;
     }
+    if (p.anomaly) s->stats.decode_errors[p.anomaly - 1]++;   /* metered, but noted */
     ft_packet(s->ft, &p, ts, s->ifindex);
 }
 

@@ -125,7 +125,8 @@ typedef struct sensor_flow {
     uint8_t  tos[2], ttl[2];       /* last seen; ttl 0 with no packets from that side */
     uint8_t  tcpflags[2];          /* TCP flags OR'd per direction */
     uint8_t  ifindex;              /* capture point that saw the initiator's first frame */
-    char     history[20];          /* Zeek history, NUL-padded */
+    uint8_t  icmp_code;            /* ICMP/ICMPv6 code of the first message */
+    char     history[19];          /* Zeek history, NUL-padded */
 } sensor_flow_t;
 
 typedef struct sensor_stats {

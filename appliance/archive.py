@@ -1,0 +1,419 @@
+"""Rotating SQLite archives: the only writer, rotation, retention and crash recovery.
+
+One self-describing file per rotation period (``flows-YYYYMMDDTHHMMSSZ.sqlite``, UTC) holding
+``flows``, ``sensor_status`` and ``archive_info``. The open archive is in WAL mode and takes one
+transaction per batch; on rotation it is checkpointed, switched to ``journal_mode=DELETE``, marked
+closed and made read-only, so readers can open it with ``immutable=1`` and downloads can copy it.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ArchiveConfig
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+NAME_RE = re.compile(r"^flows-(\d{8}T\d{6}Z)(?:-(\d+))?\.sqlite$")
+
+# The flows table: Argus field names (see appliance/fields.py for labels and formats).
+FLOW_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("srcid", "TEXT"), ("seq", "INTEGER"), ("cause", "TEXT"), ("stime", "REAL"), ("ltime", "REAL"),
+    ("dur", "REAL"), ("proto", "INTEGER"), ("saddr", "TEXT"), ("sport", "INTEGER"),
+    ("daddr", "TEXT"), ("dport", "INTEGER"), ("dir", "TEXT"), ("state", "TEXT"),
+    ("spkts", "INTEGER"), ("dpkts", "INTEGER"), ("sbytes", "INTEGER"), ("dbytes", "INTEGER"),
+    ("sappbytes", "INTEGER"), ("dappbytes", "INTEGER"), ("stos", "INTEGER"), ("dtos", "INTEGER"),
+    ("sttl", "INTEGER"), ("dttl", "INTEGER"), ("smac", "TEXT"), ("dmac", "TEXT"),
+    ("svlan", "INTEGER"), ("dvlan", "INTEGER"), ("smpls", "INTEGER"), ("dmpls", "INTEGER"),
+    ("sflags", "TEXT"), ("dflags", "TEXT"), ("synack", "REAL"), ("ackdat", "REAL"),
+    ("tcprtt", "REAL"), ("sretrans", "INTEGER"), ("dretrans", "INTEGER"), ("sgap", "INTEGER"),
+    ("dgap", "INTEGER"), ("smaxsz", "INTEGER"), ("sminsz", "INTEGER"), ("dmaxsz", "INTEGER"),
+    ("dminsz", "INTEGER"), ("flgs", "TEXT"), ("conn_state", "TEXT"), ("history", "TEXT"),
+    ("community_id", "TEXT"), ("sintf", "INTEGER"),
+)
+FLOW_NAMES = tuple(name for name, _ in FLOW_COLUMNS)
+# Totals are not stored: readers derive them (query.py).
+DERIVED = {"pkts": "spkts + dpkts", "bytes": "sbytes + dbytes", "appbytes": "sappbytes + dappbytes"}
+
+STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time", "REAL"), ("interval", "REAL"), ("interface", "TEXT"), ("packets", "INTEGER"),
+    ("bytes", "INTEGER"), ("kernel_drops", "INTEGER"), ("interface_drops", "INTEGER"),
+    ("decode_errors", "TEXT"), ("flows_active", "INTEGER"), ("flows_created", "INTEGER"),
+    ("flows_ended", "INTEGER"), ("flows_evicted", "INTEGER"), ("table_capacity", "INTEGER"),
+    ("occupancy", "REAL"), ("gap_acks", "INTEGER"), ("records", "INTEGER"),
+    ("clock_synced", "INTEGER"),
+)
+
+# Indexes for the analyst's common questions; kept few so inserts stay cheap.
+INDEXES = (
+    ("flows_stime", "flows(stime)"),
+    ("flows_saddr", "flows(saddr, stime)"),
+    ("flows_daddr", "flows(daddr, stime)"),
+    ("flows_dport", "flows(dport, stime)"),
+)
+
+
+class ArchiveError(Exception):
+    """An archive could not be written or is not a flowtap archive."""
+
+
+def archive_name(t: float, suffix: int = 0) -> str:
+    """File name of an archive opened at Unix time t."""
+    stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"flows-{stamp}{f'-{suffix}' if suffix else ''}.sqlite"
+
+
+def period_start(t: float, interval: int) -> float:
+    """Start of the UTC-aligned rotation period holding t."""
+    return t - (t % interval)
+
+
+def list_archives(directory: str | os.PathLike[str]) -> list[Path]:
+    """Archive files in a directory, oldest first (names sort by time)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted((p for p in d.iterdir() if NAME_RE.match(p.name)), key=_sort_key)
+
+
+def _sort_key(p: Path) -> tuple[str, int]:
+    m = NAME_RE.match(p.name)
+    assert m
+    return m.group(1), int(m.group(2) or 0)
+
+
+def is_closed(path: Path) -> bool:
+    """Closed archives are read-only files (the writer drops the write bits when it closes one)."""
+    return not (path.stat().st_mode & 0o222)
+
+
+def read_info(conn: sqlite3.Connection) -> dict[str, Any]:
+    """archive_info as a dict (values decoded from JSON)."""
+    return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM archive_info")}
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    cols = ", ".join(f"{n} {t}" for n, t in FLOW_COLUMNS)
+    conn.execute(f"CREATE TABLE flows ({cols})")
+    cols = ", ".join(f"{n} {t}" for n, t in STATUS_COLUMNS)
+    conn.execute(f"CREATE TABLE sensor_status ({cols})")
+    conn.execute("CREATE TABLE archive_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for name, target in INDEXES:
+        conn.execute(f"CREATE INDEX {name} ON {target}")
+
+
+def _set_info(conn: sqlite3.Connection, **values: Any) -> None:
+    conn.executemany("INSERT OR REPLACE INTO archive_info (key, value) VALUES (?, ?)",
+                     [(k, json.dumps(v)) for k, v in values.items()])
+
+
+def _summarise(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The contents-derived part of archive_info."""
+    n, first, last = conn.execute("SELECT count(*), min(stime), max(ltime) FROM flows").fetchone()
+    rows, drops, synced = conn.execute(
+        "SELECT count(*), coalesce(sum(kernel_drops), 0) + coalesce(sum(interface_drops), 0),"
+        " min(clock_synced) FROM sensor_status").fetchone()
+    return {"records": n, "first_stime": first, "last_ltime": last, "status_rows": rows,
+            "drops": drops, "clock_synced": bool(synced) if synced is not None else None}
+
+
+def close_archive(path: Path, state: str = "closed") -> None:
+    """Checkpoint, leave WAL mode, record the summary and make the file read-only.
+
+    Also used by recovery: opening the file replays a WAL left by a crash.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute("BEGIN IMMEDIATE")
+        _set_info(conn, **_summarise(conn), state=state, closed_at=time.time())
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    os.chmod(path, 0o444)
+
+
+@dataclass
+class OpenArchive:
+    """The archive being written."""
+
+    path: Path
+    conn: sqlite3.Connection
+    period: float
+
+
+class ArchiveWriter:
+    """The one writer of a directory of archives.
+
+    :param cfg: rotation, size cap, retention and commit interval.
+    :param sensor_id: recorded in every archive (Argus ``srcid``).
+    :param interface: what is being recorded (interfaces or capture files).
+    :param config_digest: :meth:`Config.digest` of the running configuration.
+
+    Example::
+
+        with ArchiveWriter(cfg.archive, "tap1", "br0", cfg.digest()) as w:
+            w.add(records, now=time.time())
+    """
+
+    INSERT_BATCH = 5000        # records buffered beyond this are committed at once
+    BUFFER_LIMIT = 1_000_000   # records held in memory while the disk refuses writes
+
+    def __init__(self, cfg: ArchiveConfig, sensor_id: str, interface: str, config_digest: str):
+        self.cfg = cfg
+        self.dir = Path(cfg.dir)
+        self.sensor_id = sensor_id
+        self.interface = interface
+        self.config_digest = config_digest
+        self.current: OpenArchive | None = None
+        self.pending: list[tuple] = []
+        self.status_pending: list[tuple] = []
+        self.last_commit = time.monotonic()
+        self.clock = 0.0                 # the recorder clock of the last add()
+        self.records_written = 0
+        self.records_lost = 0
+        self.write_errors = 0
+        self.last_error = ""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._insert = (f"INSERT INTO flows ({', '.join(FLOW_NAMES)}) "
+                        f"VALUES ({', '.join('?' * len(FLOW_NAMES))})")
+        self._insert_status = (f"INSERT INTO sensor_status ({', '.join(n for n, _ in STATUS_COLUMNS)})"
+                               f" VALUES ({', '.join('?' * len(STATUS_COLUMNS))})")
+
+    def __enter__(self) -> ArchiveWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    def recover(self) -> list[Path]:
+        """Close every archive a crash left open (replaying its WAL); returns those recovered."""
+        recovered = []
+        for path in list_archives(self.dir):
+            if not is_closed(path) and path != (self.current and self.current.path):
+                try:
+                    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+                    state = read_info(conn).get("state")
+                    conn.close()
+                except sqlite3.DatabaseError as exc:
+                    log.error("archive %s is unreadable, left as it is: %s", path, exc)
+                    continue
+                if state == "open":
+                    close_archive(path, state="recovered")
+                    log.warning("recovered archive %s left open by a crash", path.name)
+                    recovered.append(path)
+        return recovered
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def _open(self, now: float) -> OpenArchive:
+        period = period_start(now, self.cfg.rotate_interval)
+        suffix = 0
+        while (self.dir / archive_name(now if suffix else period, suffix)).exists():
+            suffix += 1
+        path = self.dir / archive_name(now if suffix else period, suffix)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN")
+        _create_schema(conn)
+        _set_info(conn, schema_version=SCHEMA_VERSION, sensor_id=self.sensor_id,
+                  interface=self.interface, config_digest=self.config_digest, opened_at=time.time(),
+                  period_start=period, period_seconds=self.cfg.rotate_interval, state="open",
+                  flowtap_version=__version__)
+        conn.execute("COMMIT")
+        log.info("opened archive %s", path.name)
+        return OpenArchive(path, conn, period)
+
+    def add(self, records: Iterable[dict[str, Any]], now: float) -> None:
+        """Queue records that ended by ``now``; commits when the commit interval has passed or the
+        batch is large, and rotates first when ``now`` has entered a new period.
+
+        :param now: the recorder's clock (packet time for files; max(packet, wall clock) live).
+        """
+        self.rotate_if_due(now)
+        names = FLOW_NAMES
+        self.pending.extend(tuple(r[n] for n in names) for r in records)
+        self.clock = now
+        due = time.monotonic() - self.last_commit >= self.cfg.commit_interval
+        if due or len(self.pending) >= self.INSERT_BATCH:
+            self.commit(now)
+
+    def add_status(self, row: dict[str, Any]) -> None:
+        """Queue one sensor status row (written with the next commit)."""
+        row = dict(row, decode_errors=json.dumps(row.get("decode_errors", {})))
+        self.status_pending.append(tuple(row.get(n) for n, _ in STATUS_COLUMNS))
+
+    def commit(self, now: float) -> None:
+        """Write everything queued in one transaction. On a full or failing disk: log, free space
+        by retention, keep the records queued (up to BUFFER_LIMIT) and try again next time."""
+        self.last_commit = time.monotonic()
+        if not self.pending and not self.status_pending:
+            return
+        try:
+            if self.current is None:
+                self.current = self._open(now)
+            conn = self.current.conn
+            conn.execute("BEGIN")
+            conn.executemany(self._insert, self.pending)
+            conn.executemany(self._insert_status, self.status_pending)
+            conn.execute("COMMIT")
+        except (sqlite3.OperationalError, OSError) as exc:
+            self._write_failed(exc)
+            return
+        self.records_written += len(self.pending)
+        self.pending.clear()
+        self.status_pending.clear()
+        self.enforce_retention()
+        if self.current and self.current.path.stat().st_size >= self.cfg.size_cap:
+            self.rotate(now)
+
+    def _write_failed(self, exc: Exception) -> None:
+        self.write_errors += 1
+        self.last_error = str(exc)
+        log.error("archive write failed (%s); freeing space and keeping %d records queued",
+                  exc, len(self.pending))
+        if self.current is not None:
+            try:
+                self.current.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        self.enforce_retention(emergency=True)
+        if len(self.pending) > self.BUFFER_LIMIT:
+            dropped = len(self.pending) - self.BUFFER_LIMIT
+            del self.pending[:dropped]
+            self.records_lost += dropped
+            log.error("dropped %d records: the disk has refused writes for too long", dropped)
+
+    def rotate_if_due(self, now: float) -> None:
+        """Close the period's archive once the clock has left its period. Queued records belong to
+        the period of the clock when they were queued, so they are written there first."""
+        period = self.current.period if self.current else (
+            period_start(self.clock, self.cfg.rotate_interval) if self.pending else None)
+        if period is None or period_start(now, self.cfg.rotate_interval) == period:
+            return
+        if self.pending or self.status_pending:
+            self.commit(self.clock)
+        self.rotate(self.clock)
+
+    def rotate(self, now: float) -> None:
+        """Commit, close the open archive and apply retention; the next commit opens a new one."""
+        if self.current is None:
+            return
+        if self.pending or self.status_pending:
+            cur = self.current
+            self.commit(now)
+            if self.current is not cur or self.pending:
+                return                      # commit rotated already, or the disk is refusing writes
+        cur, self.current = self.current, None
+        cur.conn.close()
+        try:
+            close_archive(cur.path)
+            log.info("closed archive %s", cur.path.name)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("closing %s failed (%s); it will be recovered on the next start", cur.path, exc)
+        self.enforce_retention()
+
+    def close(self, now: float | None = None) -> None:
+        """Write what is queued and close the open archive (recorder shutdown)."""
+        now = time.time() if now is None else now
+        if self.pending or self.status_pending:
+            self.commit(now)
+        self.rotate(now)
+
+    # -- retention --------------------------------------------------------------------------------
+
+    def usage(self) -> dict[str, Any]:
+        """Bytes used by archives, filesystem size and free bytes, and the oldest record kept."""
+        files = list_archives(self.dir)
+        used = sum(_size(p) for p in files)
+        fs = shutil.disk_usage(self.dir)
+        return {"archive_bytes": used, "archives": len(files), "fs_bytes": fs.total,
+                "fs_free": fs.free, "oldest": files[0].name if files else None}
+
+    def _over_quota(self) -> bool:
+        cfg = self.cfg
+        fs = shutil.disk_usage(self.dir)
+        if cfg.min_free_percent and fs.free * 100.0 < cfg.min_free_percent * fs.total:
+            return True
+        if cfg.quota_bytes and sum(_size(p) for p in list_archives(self.dir)) > cfg.quota_bytes:
+            return True
+        return False
+
+    def enforce_retention(self, emergency: bool = False) -> list[Path]:
+        """Delete the oldest closed archives while over quota or older than max_age.
+
+        With emergency (the disk refused a write) at least one closed archive goes, if any exists.
+        """
+        removed = []
+        open_path = self.current.path if self.current else None
+        closed = [p for p in list_archives(self.dir) if p != open_path and is_closed(p)]
+        horizon = time.time() - self.cfg.max_age if self.cfg.max_age else None
+        for path in closed:
+            expired = horizon is not None and path.stat().st_mtime < horizon
+            if not (expired or self._over_quota() or (emergency and not removed)):
+                break
+            try:
+                for extra in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+                    extra.unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("retention could not delete %s: %s", path, exc)
+                break
+            removed.append(path)
+            log.info("retention deleted %s", path.name)
+        return removed
+
+
+def _size(p: Path) -> int:
+    total = 0
+    for extra in (p, Path(f"{p}-wal")):
+        try:
+            total += extra.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for SQLite's and the OS's ways of saying the disk is full."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "full" in str(exc).lower()
+
+
+def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open an archive for reading only: closed archives as immutable, the open one in WAL."""
+    p = Path(path)
+    uri = f"file:{p.resolve()}?mode=ro{'&immutable=1' if is_closed(p) else ''}"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        conn.execute("SELECT 1 FROM archive_info LIMIT 1")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise ArchiveError(f"{p}: not a flowtap archive ({exc})") from None
+    return conn
+
+
+def rows_to_records(cursor: sqlite3.Cursor, names: Sequence[str]) -> Iterable[dict[str, Any]]:
+    """Rows of a flows query → record dicts with the derived totals added."""
+    for row in cursor:
+        rec = dict(zip(names, row))
+        rec["pkts"] = rec["spkts"] + rec["dpkts"]
+        rec["bytes"] = rec["sbytes"] + rec["dbytes"]
+        rec["appbytes"] = rec["sappbytes"] + rec["dappbytes"]
+        yield rec

@@ -154,12 +154,13 @@ class Capture:
             raise CaptureError(ffi.string(lib.sensor_last_error(self._h)).decode(errors="replace"), rc)
         return rc
 
-    def poll(self, max_packets: int = POLL_PACKETS) -> int:
-        """Meter up to max_packets packets: the count handled, or ``lib.SENSOR_EOF``.
+    def poll(self, max_packets: int = POLL_PACKETS, until_us: int = 0) -> int:
+        """Meter up to max_packets packets: the count handled, or ``lib.SENSOR_EOF``. With until_us,
+        stop right after the first packet at or past that packet time.
 
         :raises CaptureError: when the file is truncated or corrupt (after metering what was read).
         """
-        return self._check(lib.sensor_poll(self._h, max_packets))
+        return self._check(lib.sensor_poll(self._h, max_packets, until_us))
 
     def drain_raw(self, now_us: int) -> Iterator[tuple]:
         """Finished records as raw tuples (RECORD layout), expiring flows idle at now_us."""

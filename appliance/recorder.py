@@ -131,7 +131,7 @@ class Recorder:
         with cap:
             while True:
                 try:
-                    rc = cap.poll()
+                    rc = cap.poll(until_us=self._next_boundary_us(writer))
                 except CaptureError as exc:
                     error = f"{path}: {exc}"
                     break
@@ -149,6 +149,15 @@ class Recorder:
             writer.add_status(self.status_row(stats, now_us / 1e6, path, None))
             self.progress.update(os.path.basename(path), stats, size, done=True)
         return error
+
+    def _next_boundary_us(self, writer: ArchiveWriter) -> int:
+        """Packet time at which the file loop must look up: the next rotation or status row."""
+        if not self._file_clock:
+            return 1                                   # the first packet sets the clock
+        interval = self.config.archive.rotate_interval
+        rotation = self._file_clock - self._file_clock % interval + interval
+        status = (self.last_status_at or self._file_clock) + STATUS_ROW_INTERVAL
+        return int(min(rotation, status) * 1e6)
 
     def _status_tick(self, cap: Capture, interface: str, clock_synced: bool | None) -> None:
         now = cap.last_packet_us / 1e6

@@ -603,10 +603,18 @@ static uint32_t flow_for(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint
     uint32_t b = bucket_of(t, &k);
     uint32_t i = flow_find(t, &k, b);
     int s = *side;
-    if (i != FT_NIL && p->proto == 6 && t->flows[i].cls == FT_CLOSED &&
-        (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
-        flow_end(t, i, SENSOR_CAUSE_STOP, NULL);            /* port reuse: a new connection */
-        i = FT_NIL;
+    if (i != FT_NIL) {
+        /* Idle past its timeout: the flow ended, whenever the caller last drained. This keeps record
+         * boundaries a function of the packets alone, not of the drain cadence. */
+        ft_flow_t *f = &t->flows[i];
+        if (ts > f->rec.ltime_us && ts - f->rec.ltime_us > t->timeout_us[f->cls]) {
+            flow_end(t, i, f->cls == FT_CLOSED ? SENSOR_CAUSE_STOP : SENSOR_CAUSE_TIMEOUT, NULL);
+            i = FT_NIL;
+        } else if (p->proto == 6 && f->cls == FT_CLOSED &&
+                   (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+            flow_end(t, i, SENSOR_CAUSE_STOP, NULL);        /* port reuse: a new connection */
+            i = FT_NIL;
+        }
     }
     if (i == FT_NIL) {
         i = flow_create(t, &k, b, proto_class(k.proto, k.addr_type), ts);
@@ -865,9 +873,9 @@ size_t ft_drain(ft_table_t *t, sensor_flow_t *out, size_t cap, uint64_t now)
         while (n < cap && t->lru[c].tail != FT_NIL) {
             uint32_t i = t->lru[c].tail;
             ft_flow_t *f = &t->flows[i];
-            int ending = t->ending_cause >= 0;
-            if (!ending && !(now > f->rec.ltime_us && now - f->rec.ltime_us > t->timeout_us[c])) break;
-            int cause = ending ? t->ending_cause : c == FT_CLOSED ? SENSOR_CAUSE_STOP : SENSOR_CAUSE_TIMEOUT;
+            int idle = now > f->rec.ltime_us && now - f->rec.ltime_us > t->timeout_us[c];
+            if (!idle && t->ending_cause < 0) break;
+            int cause = !idle ? t->ending_cause : c == FT_CLOSED ? SENSOR_CAUSE_STOP : SENSOR_CAUSE_TIMEOUT;
             flow_end(t, i, cause, &out[n++]);
         }
     }

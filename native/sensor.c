@@ -21,6 +21,8 @@ struct sensor {
     pcapng_reader_t *ng;          /* own reader for pcapng files with mixed link types */
     int linktype, live, eof;
     uint8_t ifindex;
+    uint64_t until_us;            /* poll stops after the first packet at or past this (0 = never) */
+    int reached;                  /* that packet has been seen */
     ft_table_t *ft;
     sensor_stats_t stats;
     char err[SENSOR_ERRBUF_SIZE];
@@ -186,6 +188,10 @@ static void on_packet(u_char *user, const struct pcap_pkthdr *h, const u_char *b
     sensor_t *s = (sensor_t *)user;
     uint64_t ts = (uint64_t)h->ts.tv_sec * 1000000u + (uint64_t)h->ts.tv_usec;
     meter(s, s->linktype, ts, bytes, h->caplen, h->len);
+    if (s->until_us && ts >= s->until_us) {
+        s->reached = 1;
+        pcap_breakloop(s->pcap);
+    }
 }
 
 static int poll_pcapng(sensor_t *s, int cnt)
@@ -208,13 +214,16 @@ static int poll_pcapng(sensor_t *s, int cnt)
         }
         meter(s, linktype, ts, data, caplen, len);
         n++;
+        if (s->until_us && ts >= s->until_us) break;
     }
     return n;
 }
 
-int sensor_poll(sensor_t *s, int max_packets)
+int sensor_poll(sensor_t *s, int max_packets, uint64_t until_us)
 {
     if (s->eof) return SENSOR_EOF;
+    s->until_us = until_us;
+    s->reached = 0;
     size_t room = ft_ring_free(s->ft) / FT_RECORDS_PER_PACKET;
     int cnt = (size_t)max_packets < room ? max_packets : (int)room;
     if (cnt <= 0) return 0;                   /* the caller drains, then polls again */
@@ -226,7 +235,7 @@ int sensor_poll(sensor_t *s, int max_packets)
         s->eof = 1;
         return SENSOR_EFILE;
     }
-    if (rc == PCAP_ERROR_BREAK) return 0;
+    if (rc == PCAP_ERROR_BREAK) return s->reached ? 1 : 0;
     if (rc == 0 && !s->live) {
         s->eof = 1;
         return SENSOR_EOF;

@@ -154,8 +154,10 @@ int sensor_open_live(const sensor_config_t *cfg, const char *iface, const char *
 int sensor_set_filter(sensor_t *s, const char *bpf);
 /* Change timeouts and the status interval of an open handle (open flows are kept). */
 int sensor_reconfigure(sensor_t *s, const sensor_config_t *cfg);
-/* Read and meter up to max_packets packets: >= 0 handled, SENSOR_EOF, or SENSOR_E* (< 0). */
-int sensor_poll(sensor_t *s, int max_packets);
+/* Read and meter up to max_packets packets: >= 0 handled, SENSOR_EOF, or SENSOR_E* (< 0).
+ * With until_us > 0 it also stops right after the first packet at or past until_us, so callers can
+ * act on packet-time boundaries (rotation, status rows) while reading files. */
+int sensor_poll(sensor_t *s, int max_packets, uint64_t until_us);
 /* Copy up to cap finished records into out, expiring flows idle at now_us first. */
 size_t sensor_drain(sensor_t *s, sensor_flow_t *out, size_t cap, uint64_t now_us);
 /* End every open flow with the given cause; the records then come out of sensor_drain. */

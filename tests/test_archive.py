@@ -1,0 +1,167 @@
+"""Archives: what the recorder writes equals what the meter produced; rotation, retention, recovery."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from appliance import archive, capture, config, recorder
+from appliance.archive import ArchiveWriter, FLOW_NAMES
+
+CAPTURES = ["large/pcpp-example.pcap", "large/pcpp-many-protocols.pcap", "large/nfstream-tor.pcapng",
+            "tcp/nfstream-dnp3-long.pcapng", "fragments/pcpp-ip4_fragments.pcap",
+            "linktypes/pcpp-many_interfaces.pcapng"]
+
+
+def make_config(tmp_path: Path, **archive_kw) -> config.Config:
+    cfg = config.Config(sensor=config.SensorConfig(id="test-sensor"))
+    return dataclasses.replace(cfg, archive=dataclasses.replace(cfg.archive, dir=str(tmp_path / "archive"),
+                                                                **archive_kw))
+
+
+def archived_records(directory: Path) -> list[dict]:
+    rows = []
+    for path in archive.list_archives(directory):
+        with archive.open_readonly(path) as conn:
+            cur = conn.execute(f"SELECT {', '.join(FLOW_NAMES)} FROM flows ORDER BY rowid")
+            rows.extend(archive.rows_to_records(cur, FLOW_NAMES))
+    return rows
+
+
+def stored(rec: dict) -> tuple:
+    """A record as stored, less its sequence number (which follows the order records are drained)."""
+    return tuple(rec[n] for n in FLOW_NAMES if n != "seq")
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_archive_holds_exactly_what_the_meter_produced(tmp_path, pcaps_dir, name):
+    cfg = make_config(tmp_path)
+    path = str(pcaps_dir / name)
+    assert recorder.Recorder(cfg).record_files([path]) == []
+    metered = [stored(r) for r in capture.meter_file(path, cfg)]
+    archived = [stored(r) for r in archived_records(Path(cfg.archive.dir))]
+    assert sorted(archived, key=repr) == sorted(metered, key=repr)
+    assert len(archived) == len(metered) > 0
+
+
+def test_rotation_by_period_splits_nothing_and_info_matches(tmp_path, pcaps_dir):
+    # The DNP3 capture spans three hours of packet time: with 10-minute periods it makes many files.
+    cfg = make_config(tmp_path, rotate_interval=600)
+    path = str(pcaps_dir / "tcp/nfstream-dnp3-long.pcapng")
+    recorder.Recorder(cfg).record_files([path])
+    files = archive.list_archives(cfg.archive.dir)
+    assert len(files) >= 3
+    total = 0
+    for f in files:
+        assert archive.is_closed(f)
+        with archive.open_readonly(f) as conn:
+            info = archive.read_info(conn)
+            n, first, last, maxl = conn.execute(
+                "SELECT count(*), min(stime), max(ltime), max(ltime) FROM flows").fetchone()
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert info["state"] == "closed" and info["schema_version"] == archive.SCHEMA_VERSION
+        assert info["records"] == n and info["first_stime"] == first and info["last_ltime"] == last
+        assert info["sensor_id"] == "test-sensor"
+        if n:
+            # No record comes from the future of its archive's period.
+            assert maxl < info["period_start"] + info["period_seconds"]
+        total += n
+    metered = list(capture.meter_file(path, cfg))
+    assert total == len(metered)
+    assert sorted(map(stored, archived_records(Path(cfg.archive.dir))), key=repr) == \
+        sorted(map(stored, metered), key=repr)
+
+
+def test_size_cap_rotates_without_losing_records(tmp_path, pcaps_dir):
+    cfg = make_config(tmp_path, size_cap=64 * 1024)
+    paths = [str(pcaps_dir / n) for n in ("large/pcpp-tls2.pcap", "tcp/nfstream-synscan.pcap")]
+    writer_batch = ArchiveWriter.INSERT_BATCH
+    ArchiveWriter.INSERT_BATCH = 200            # small commits, so the cap is checked often
+    try:
+        recorder.Recorder(cfg).record_files(paths)
+    finally:
+        ArchiveWriter.INSERT_BATCH = writer_batch
+    files = archive.list_archives(cfg.archive.dir)
+    assert len(files) >= 2
+    expected = sum(len(list(capture.meter_file(p, cfg))) for p in paths)
+    assert len(archived_records(Path(cfg.archive.dir))) == expected
+
+
+def test_retention_deletes_oldest_closed_archives_to_meet_the_quota(tmp_path, pcaps_dir):
+    cfg = make_config(tmp_path, rotate_interval=600, quota_bytes=300 * 1024, min_free_percent=0)
+    recorder.Recorder(cfg).record_files([str(pcaps_dir / "tcp/nfstream-dnp3-long.pcapng")])
+    files = archive.list_archives(cfg.archive.dir)
+    used = sum(f.stat().st_size for f in files)
+    assert used <= cfg.archive.quota_bytes
+    # What is left is the newest part: the last period of the capture is there.
+    assert files and files[-1].name >= "flows-2"
+
+
+def test_recovery_closes_an_archive_left_open_by_a_crash(tmp_path, pcaps_dir):
+    cfg = make_config(tmp_path)
+    src = str(pcaps_dir / "large/pcpp-example.pcap")
+    # A writer that commits and is then killed: its archive stays in WAL mode, marked open.
+    script = textwrap.dedent(f"""
+        import os, signal, dataclasses
+        from appliance import archive, capture, config
+        cfg = config.Config(sensor=config.SensorConfig(id="test-sensor"))
+        cfg = dataclasses.replace(cfg, archive=dataclasses.replace(cfg.archive, dir={cfg.archive.dir!r}))
+        w = archive.ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
+        recs = list(capture.meter_file({src!r}, cfg))
+        w.add(recs, now=recs[-1]["ltime"])
+        w.commit(recs[-1]["ltime"])
+        print(len(recs), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    written = int(proc.stdout)
+    [path] = archive.list_archives(cfg.archive.dir)
+    assert not archive.is_closed(path) and Path(f"{path}-wal").exists()
+    recovered = ArchiveWriter(cfg.archive, "test-sensor", "x", "d").recover()
+    assert recovered == [path]
+    assert archive.is_closed(path) and not Path(f"{path}-wal").exists()
+    with archive.open_readonly(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert archive.read_info(conn)["state"] == "recovered"
+        assert conn.execute("SELECT count(*) FROM flows").fetchone()[0] == written
+
+
+def test_readers_open_closed_archives_read_only(tmp_path, pcaps_dir):
+    cfg = make_config(tmp_path)
+    recorder.Recorder(cfg).record_files([str(pcaps_dir / "basic/dpkt-http.pcap")])
+    [path] = archive.list_archives(cfg.archive.dir)
+    with archive.open_readonly(path) as conn:
+        with pytest.raises(sqlite3.OperationalError):
+            conn.execute("DELETE FROM flows")
+
+
+def test_a_non_archive_is_refused(tmp_path):
+    bogus = tmp_path / "flows-20240101T000000Z.sqlite"
+    bogus.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(archive.ArchiveError):
+        archive.open_readonly(bogus)
+
+
+def test_sensor_status_rows_are_written(tmp_path, pcaps_dir):
+    cfg = make_config(tmp_path)
+    recorder.Recorder(cfg).record_files([str(pcaps_dir / "large/nfstream-tor.pcapng")])
+    rows = []
+    for path in archive.list_archives(cfg.archive.dir):
+        with archive.open_readonly(path) as conn:
+            rows += conn.execute("SELECT time, packets FROM sensor_status ORDER BY time").fetchall()
+    # The Tor capture lasts 616 s: at most a row a minute of packet time (none in quiet minutes)
+    # plus the final one, and the packets add up to the file.
+    times = [r[0] for r in rows]
+    assert len(rows) >= 5
+    assert all(b - a >= 60 for a, b in zip(times[:-2], times[1:-1]))
+    assert sum(r[1] for r in rows) == 3859

@@ -1,0 +1,411 @@
+"""The ``flowtap`` command: a click group whose ``ra``, ``racluster`` and ``rasort`` take Argus's argv.
+
+Argus habits are kept: ``-s f1 f2 f3`` (several values after one flag, also ``-m`` and ``-r``),
+``-nn``, ``-L0``, and a filter after a lone ``-`` (or ``--``). ``argus_argv`` rewrites such a
+command line into one click parses. Inputs (``-r``) are capture files (metered on the fly with the
+default configuration) and flowtap record streams (``-`` is stdin; ``-w -`` writes one); SQLite
+archives plug in at ``open_records``.
+
+Exit status: 0 success (also when nothing matched, unlike ra's 1), 1 an input failed (a truncated
+capture prints every record read, then ``flowtap: FILE: reason``), 2 a usage error or a bad
+filter (one line naming the column).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import sys
+from typing import Any, Callable, Iterable, Iterator
+
+import click
+
+from . import fields as _fields
+from . import filter as _filter
+from . import output as _output
+from .cluster import Clusterer, parse_keys
+
+VALUE_OPTS = ("-r", "-s", "-m", "-M", "-c", "-L", "-N", "-t", "-Z", "-w")
+MULTI_OPTS = ("-r", "-s", "-m", "-M")
+MODES = {"ra": ("json",), "racluster": ("json", "norep", "correct", "nocorrect"),
+         "rasort": ("json",)}
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class SourceError(Exception):
+    """An input that cannot be read as records."""
+
+
+def _continues(opt: str, tok: str) -> bool:
+    """True if ``tok`` is one more value of the multi-value option ``opt``."""
+    if tok in ("-", "--"):
+        return False
+    if not tok.startswith("-"):
+        return True
+    if opt in ("-s", "-m") and len(tok) > 2:
+        return tok[1:].partition(":")[0].partition("/")[0] in _fields.FIELDS
+    return False
+
+
+def argus_argv(args: Iterable[str]) -> list[str]:
+    """Rewrite an Argus-style command line for click.
+
+    ``-s a b -c ,`` becomes ``-s a -s b -c ,``; everything after a lone ``-`` or ``--`` becomes
+    the filter (moved behind ``--``). A value-taking option always takes the next word, so
+    ``-r -`` and ``-w -`` stay stdin/stdout and ``-L -1`` works.
+    """
+    args = list(args)
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok in ("-", "--"):
+            return out + ["--"] + args[i + 1:]
+        opt = tok[:2]
+        if opt in VALUE_OPTS and not tok.startswith("--"):
+            if len(tok) > 2:
+                out.append(tok)
+            elif i + 1 < len(args):
+                out += [tok, args[i + 1]]
+                i += 1
+            else:
+                out.append(tok)
+            if opt in MULTI_OPTS:
+                while i + 1 < len(args) and _continues(opt, args[i + 1]):
+                    out += [opt, args[i + 1]]
+                    i += 1
+        else:
+            out.append(tok)
+        i += 1
+    return out
+
+
+class ArgusCommand(click.Command):
+    """A click command that first rewrites Argus-style argv (see ``argus_argv``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, argus_argv(args))
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Selection:
+    """What to read: the filter AST (filter and -t combined) and its compiled predicate."""
+
+    ast: Any = None
+    keep: Callable[[dict], bool] = lambda r: True
+
+    @classmethod
+    def build(cls, filter_words: tuple[str, ...], time_range: str | None) -> Selection:
+        """Parse the filter and -t range once.
+
+        :raises click.exceptions.Exit: code 2 after printing a one-line error.
+        """
+        try:
+            ast = _filter.parse(" ".join(filter_words))
+        except _filter.FilterError as e:
+            _fail(str(e), 2)
+        if time_range:
+            try:
+                span = _filter.parse_time_range(time_range)
+            except _filter.FilterError as e:
+                _fail(f"-t {time_range!r}: {e.message} (column {e.position})", 2)
+            ast = span if ast is None else _filter.And(span, ast)
+        return cls(ast, _filter.compile_predicate(ast))
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"flowtap: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def open_archive(path: str, selection: Selection) -> Iterator[dict]:
+    """Records of a flowtap SQLite archive (or a directory of them): not readable yet.
+
+    Issue 3 plugs the archive reader in here; it should apply ``filter.compile_sql(selection.ast)``
+    with ``filter.register_sql_functions`` on the connection instead of filtering in Python.
+    """
+    raise SourceError("reading flowtap archives is not supported yet")
+
+
+def _capture_records(path: str, stats: dict[str, Any]) -> Iterator[dict]:
+    from .capture import CaptureError, meter_file   # the native module loads only when needed
+
+    got: dict[str, Any] = {}
+    try:
+        yield from meter_file(path, stats_out=got)
+    except CaptureError as e:
+        raise SourceError(str(e)) from None
+    finally:
+        _add_stats(stats, got)
+
+
+def _add_stats(total: dict[str, Any], got: dict[str, Any]) -> None:
+    for k in ("packets", "evicted"):
+        total[k] = total.get(k, 0) + got.get(k, 0)
+    total["errors"] = total.get("errors", 0) + sum(got.get("decode_errors", {}).values())
+
+
+def _stream_records(path: str) -> Iterator[dict]:
+    if path == "-":
+        yield from _output.read_stream(sys.stdin, "-")
+        return
+    with open(path, encoding="utf-8") as f:
+        yield from _output.read_stream(f, path)
+
+
+def open_records(path: str, selection: Selection, stats: dict[str, Any]) -> Iterator[dict]:
+    """Yield the records of one input that pass ``selection``, whatever kind the input is.
+
+    ``-`` is a record stream on stdin; a file is sniffed: a record stream (``-w`` output), a
+    SQLite archive or directory (``open_archive``), else a capture file metered with the default
+    configuration (meter counters are added to ``stats``).
+
+    :raises SourceError: the input cannot be read, or fails part way (after its records).
+    """
+    if path == "-":
+        records: Iterable[dict] = _stream_records(path)
+    elif os.path.isdir(path):
+        records = open_archive(path, selection)
+    else:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise SourceError(e.strerror or str(e)) from None
+        if head == SQLITE_MAGIC:
+            records = open_archive(path, selection)
+        elif head.startswith(b'{"flowtap"'):
+            records = _stream_records(path)
+        else:
+            records = _capture_records(path, stats)
+    keep = selection.keep
+    try:
+        for r in records:
+            if keep(r):
+                yield r
+    except _output.StreamError as e:
+        raise SourceError(str(e).removeprefix(f"{path}: ")) from None
+
+
+def read_inputs(paths: Iterable[str], selection: Selection, stats: dict[str, Any],
+                errors: list[str]) -> Iterator[dict]:
+    """Chain the records of every input; a failing input adds a line to ``errors`` and the
+    next input is read."""
+    for path in paths:
+        try:
+            yield from open_records(path, selection, stats)
+        except SourceError as e:
+            errors.append(f"{path}: {e}")
+
+
+def parse_range(spec: str | None) -> tuple[str, int, int | None]:
+    """Argus ``-N``: ``[io]num``, ``[io]start-end`` or ``[io]start+num`` -> (side, skip, stop).
+
+    :raises click.BadParameter: for anything else.
+    """
+    if spec is None:
+        return "i", 0, None
+    side = spec[0] if spec[:1] in ("i", "o") else "i"
+    body = spec[1:] if spec[:1] in ("i", "o") else spec
+    try:
+        if "-" in body:
+            a, b = (int(x) for x in body.split("-", 1))
+            skip, stop = a - 1, b
+        elif "+" in body:
+            a, n = (int(x) for x in body.split("+", 1))
+            skip, stop = a - 1, a + n
+        else:
+            skip, stop = 0, int(body)
+    except ValueError:
+        raise click.BadParameter(f"{spec!r} is not N, START-END or START+N", param_hint="-N")
+    if skip < 0 or stop < skip:
+        raise click.BadParameter(f"{spec!r} is an empty range", param_hint="-N")
+    return side, skip, stop
+
+
+# --- the shared options -----------------------------------------------------------------------
+
+def read_options(fn: Callable) -> Callable:
+    """The options ra, racluster and rasort share (Argus names and meanings)."""
+    opts = [
+        click.option("-r", "paths", multiple=True, metavar="PATH",
+                     help="Input: capture file, record stream file, or - (stdin). Repeatable; "
+                          "several may follow one -r. Default: stdin."),
+        click.option("-s", "field_items", multiple=True, metavar="FIELD",
+                     help="Fields to print (Argus -s: f1 f2 ..., +f adds, -f removes, f:width)."),
+        click.option("-n", "numeric", count=True,
+                     help="-n numeric ports, -nn numeric protocols too."),
+        click.option("-u", "utime", is_flag=True, help="Print times as Unix seconds."),
+        click.option("-q", "quiet", is_flag=True,
+                     help="Print no records; one summary line on stderr "
+                          "(packets N records N evicted N errors N)."),
+        click.option("-c", "delimiter", metavar="CHAR", help="Delimited output with a label line."),
+        click.option("-L", "label_every", type=int, default=0, metavar="N",
+                     help="Labels: 0 once (default), N every N records, -1 never."),
+        click.option("-M", "modes", multiple=True, metavar="MODE",
+                     help="json: JSON lines; racluster also norep, correct, nocorrect."),
+        click.option("-N", "count_spec", metavar="N", help="Only records N (or START-END, START+N)."),
+        click.option("-t", "time_range", metavar="RANGE",
+                     help="Time range, e.g. 2024/01/31.10:00-2024/01/31.11:00, -1h, START+30m."),
+        click.option("-Z", "zflags", type=click.Choice(["s", "d", "b"]),
+                     help="State column shows TCP flags seen: s source, d destination, b both."),
+        click.option("-X", "no_rc", is_flag=True, help="Accepted for Argus habits; no effect."),
+        click.option("-w", "write", metavar="PATH",
+                     help="Write a record stream to PATH (- is stdout) instead of text."),
+        click.argument("filter_words", nargs=-1, metavar="[- FILTER...]"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _usage(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except _fields.FieldError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _check_modes(command: str, modes: tuple[str, ...]) -> set[str]:
+    bad = [m for m in modes if m not in MODES[command]]
+    if bad:
+        raise click.UsageError(f"unknown -M mode {bad[0]!r} (known: {', '.join(MODES[command])})")
+    return set(modes)
+
+
+def _open_output(write: str | None):
+    if write is None or write == "-":
+        return sys.stdout, False
+    try:
+        return open(write, "w", encoding="utf-8"), True
+    except OSError as e:
+        _fail(f"{write}: {e.strerror}", 1)
+
+
+def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], Iterable[dict]]
+         | None = None) -> None:
+    """Read, select, optionally transform (cluster, sort), then print or count."""
+    modes = _check_modes(command, o["modes"])
+    fields = _usage(lambda: _fields.parse_field_list(o["field_items"]))
+    if o["delimiter"] is not None:
+        o["delimiter"] = o["delimiter"].replace("\\t", "\t")
+    side, skip, stop = parse_range(o["count_spec"])
+    selection = Selection.build(o["filter_words"], o["time_range"])
+    stats: dict[str, Any] = {}
+    errors: list[str] = []
+    records: Iterable[dict] = read_inputs(o["paths"] or ("-",), selection, stats, errors)
+    if side == "i" and (skip or stop is not None):
+        records = itertools.islice(records, skip, stop)
+    if transform is not None:
+        records = transform(records)
+    if side == "o" and (skip or stop is not None):
+        records = itertools.islice(records, skip, stop)
+    if o["quiet"]:
+        n = sum(1 for _ in records)
+        click.echo(f"packets {stats.get('packets', 0)} records {n} "
+                   f"evicted {stats.get('evicted', 0)} errors {stats.get('errors', 0)}", err=True)
+    else:
+        out, owned = _open_output(o["write"])
+        opts = _fields.FormatOptions(numeric=o["numeric"], utime=o["utime"], zflags=o["zflags"],
+                                     delimited=o["delimiter"] is not None)
+        writer = _output.make_writer(out, fields, opts, o["delimiter"], o["label_every"],
+                                     json_lines="json" in modes, stream=o["write"] is not None)
+        try:
+            for r in records:
+                writer.write(r)
+            writer.close()
+        finally:
+            if owned:
+                out.close()
+    for line in errors:
+        click.echo(f"flowtap: {line}", err=True)
+    if errors:
+        raise click.exceptions.Exit(1)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=CONTEXT, epilog="""\b
+Example:
+  flowtap ra -n -r capture.pcap - tcp and port 80
+  flowtap racluster -L0 -M norep -m saddr daddr -u -n -r capture.pcap - tcp
+  flowtap racluster -r capture.pcap -w - | flowtap rasort -m bytes -s stime saddr daddr bytes""")
+def cli() -> None:
+    """flowtap: an inline network sensor writing Argus-style session records."""
+
+
+@cli.command(cls=ArgusCommand, context_settings=CONTEXT, epilog="""\b
+Example:
+  flowtap ra -u -Z b -L0 -n -r capture.pcap -s stime proto saddr sport daddr dport spkts sappbytes dpkts dappbytes state - tcp
+  flowtap ra -n -u -c , -r capture.pcap -s stime saddr daddr bytes - host 10.0.0.1 and not port 53""")
+@read_options
+def ra(**o: Any) -> None:
+    """Read session records (like Argus ra) and print them.
+
+    The filter after a lone - uses Argus's language: host, net (CIDR or 10.1), port (53,
+    domain, 1-1024), src/dst, tcp udp icmp icmp6 arp ip ipv4 ipv6, proto N, comparisons
+    (pkts gt 10, src bytes gte 1000, appbytes, ttl, tos, vid, dur), TCP flags seen (syn synack
+    fin reset retrans ack push urg ecn), states (est con req int timeout, state FIN), man,
+    joined by and/or/not (equal precedence, left to right, as in Argus) and parentheses.
+    """
+    _run("ra", o)
+
+
+@cli.command(cls=ArgusCommand, context_settings=CONTEXT, epilog="""\b
+Example:
+  flowtap racluster -r capture.pcap -n
+  flowtap racluster -L0 -M norep -m saddr daddr -u -n -r capture.pcap - tcp
+  flowtap racluster -m saddr/24 -s stime dur trans saddr bytes -r capture.pcap""")
+@click.option("-m", "keys", multiple=True, metavar="KEY",
+              help="Flow key fields (saddr/24 masks; none: one cluster). "
+                   "Default: srcid proto saddr sport daddr dport.")
+@read_options
+def racluster(keys: tuple[str, ...], **o: Any) -> None:
+    """Merge records of the same flow (or of any -m key), like Argus racluster."""
+    modes = _check_modes("racluster", o["modes"])
+    parsed = _usage(lambda: parse_keys(keys)) if keys else None
+    correct = True if "correct" in modes else False if "nocorrect" in modes else None
+
+    def merge(records: Iterator[dict]) -> Iterator[dict]:
+        c = Clusterer(parsed, norep="norep" in modes, correct=correct)
+        for r in records:
+            c.add(r)
+        return c.results()
+    o["modes"] = tuple(m for m in o["modes"] if m == "json")
+    _run("racluster", o, merge)
+
+
+@cli.command(cls=ArgusCommand, context_settings=CONTEXT, epilog="""\b
+Example:
+  flowtap rasort -m bytes -r capture.pcap -s stime saddr daddr bytes
+  flowtap racluster -r capture.pcap -w - | flowtap rasort -m daddr dport saddr""")
+@click.option("-m", "keys", multiple=True, metavar="FIELD",
+              help="Sort fields, most significant first (volumes sort largest first). "
+                   "Default: stime.")
+@read_options
+def rasort(keys: tuple[str, ...], **o: Any) -> None:
+    """Sort records by fields, like Argus rasort."""
+    names = keys or ("stime",)
+    sort_fields = _usage(lambda: [_fields.resolve(k) for k in names])
+    getters = [_fields.sort_value(f) for f in sort_fields]
+
+    def order(records: Iterator[dict]) -> list[dict]:
+        return sorted(records, key=lambda r: tuple(g(r) for g in getters))
+    _run("rasort", o, order)
+
+
+def main() -> None:
+    """Console entry point (``flowtap``)."""
+    try:
+        cli(prog_name="flowtap")
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as ra does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)

@@ -1,0 +1,68 @@
+"""Shared fixtures: the shared test captures, a CLI runner, session records built by hand."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import pytest
+from click.testing import CliRunner
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# One complete TCP session record (Argus names); tests override what they exercise.
+BASE_RECORD = {
+    "srcid": "sensor1", "seq": 1, "cause": "Stop", "stime": 1700000000.0, "ltime": 1700000001.5,
+    "dur": 1.5, "proto": 6, "saddr": "10.0.0.1", "sport": 40000, "daddr": "198.18.0.1",
+    "dport": 80, "dir": "->", "state": "FIN", "spkts": 5, "dpkts": 4, "sbytes": 600,
+    "dbytes": 3000, "sappbytes": 300, "dappbytes": 2700, "pkts": 9, "bytes": 3600,
+    "appbytes": 3000, "stos": 0, "dtos": 0, "sttl": 64, "dttl": 56,
+    "smac": "02:00:00:00:00:01", "dmac": "02:00:00:00:00:02", "svlan": None, "dvlan": None,
+    "smpls": None, "dmpls": None, "sflags": "FSPA", "dflags": "FSPA", "synack": 0.01,
+    "ackdat": 0.001, "tcprtt": 0.011, "sretrans": 0, "dretrans": 0, "sgap": 0, "dgap": 0,
+    "smaxsz": 400, "sminsz": 54, "dmaxsz": 1514, "dminsz": 54, "flgs": " e       ",
+    "conn_state": "SF", "history": "ShADadFf", "community_id": "1:abc=",
+}
+
+
+def build_record(**kw):
+    """A record: BASE_RECORD with overrides; totals and dur follow the overrides unless given."""
+    r = dict(BASE_RECORD)
+    r.update(kw)
+    for total, s, d in (("pkts", "spkts", "dpkts"), ("bytes", "sbytes", "dbytes"),
+                        ("appbytes", "sappbytes", "dappbytes")):
+        if total not in kw:
+            r[total] = r[s] + r[d]
+    if "dur" not in kw:
+        r["dur"] = round(r["ltime"] - r["stime"], 6)
+    return r
+
+
+@pytest.fixture
+def make_record():
+    """Factory for hand-built records (plain data, see ``build_record``)."""
+    return build_record
+
+
+@pytest.fixture(scope="session")
+def pcaps_dir() -> pathlib.Path:
+    """The shared captures, ``../shared/pcaps`` from the repository root. Missing is a failure."""
+    path = (REPO / ".." / "shared" / "pcaps").resolve()
+    assert path.is_dir(), f"test captures not found at {path}"
+    return path
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    """A click CliRunner (stdout and stderr kept apart)."""
+    return CliRunner()
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    """Run the test with the local time zone set to UTC."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

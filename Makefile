@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # The native module is rebuilt whenever a C source, the header or the packaging changes.
 $(STAMP): $(BIN)/python $(wildcard native/*.c native/*.h native/*.py) pyproject.toml setup.py
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,systemd]'
 	$(BIN)/python -c "import appliance._native"
 	touch $@
 

@@ -190,6 +190,29 @@ def from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def override(cfg: Config, interfaces: tuple[str, ...] = (), bpf: str | None = None,
+             data_dir: str | None = None, exports: tuple[str, ...] = ()) -> Config:
+    """Apply command-line overrides (``-i``, ``-f``, ``-d``, ``--export``) and validate again.
+
+    :raises ConfigError: when an override is invalid.
+    """
+    capture = cfg.capture
+    if interfaces:
+        capture = dataclasses.replace(capture, interfaces=tuple(interfaces))
+    if bpf is not None:
+        capture = dataclasses.replace(capture, bpf=bpf)
+    archive = cfg.archive
+    if data_dir is not None:
+        archive = dataclasses.replace(archive, dir=str(Path(data_dir) / "archive")
+                                      if Path(data_dir).name != "archive" else data_dir)
+    export = cfg.export
+    if exports:
+        export = dataclasses.replace(export, collectors=tuple(exports))
+    out = dataclasses.replace(cfg, capture=capture, archive=archive, export=export)
+    _validate_semantics(out)
+    return out
+
+
 def load(path: str | os.PathLike[str] | None = None) -> Config:
     """Load and validate a TOML config file; a missing default file means all defaults.
 

@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # The native module is rebuilt whenever a C source, the header or the packaging changes.
-$(STAMP): $(BIN)/python $(wildcard native/*.c native/*.h native/*.py) pyproject.toml setup.py
+$(STAMP): $(BIN)/python $(wildcard native/*.c native/*.h native/*.py) pyproject.toml setup.py Makefile
 	$(BIN)/pip install -q -e '.[test,systemd]'
 	$(BIN)/python -c "import appliance._native"
 	touch $@

@@ -9,7 +9,7 @@ import base64
 import hashlib
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .config import Config, FlowsConfig
@@ -102,6 +102,7 @@ class Capture:
     def __init__(self, handle: Any, name: str):
         self._h = handle
         self.name = name
+        self.interfaces: tuple[str, ...] = ()
         self._out = ffi.new("sensor_flow_t[]", DRAIN_BATCH)
         self._view = ffi.buffer(self._out)
         self._stats = ffi.new("sensor_stats_t *")
@@ -122,20 +123,31 @@ class Capture:
         return cls(out[0], str(path))
 
     @classmethod
-    def open_live(cls, iface: str, flows: FlowsConfig | None = None, bpf: str = "",
+    def open_live(cls, interfaces: Sequence[str], flows: FlowsConfig | None = None, bpf: str = "",
                   snaplen: int = 128, ring_bytes: int = 0, promisc: bool = True,
                   inbound_only: bool = False) -> Capture:
-        """Open a live interface through libpcap's memory-mapped ring.
+        """Open live interfaces feeding one flow table, through libpcap's memory-mapped ring.
+
+        Several interfaces are the members of a bridge captured inbound only: each frame is metered
+        once, and a record's ``sintf`` is the index of the interface its initiator was seen on.
 
         :raises CaptureError: on a missing interface, missing privileges or a bad filter.
         """
         cfg = native_config(flows or FlowsConfig(), snaplen, ring_bytes, promisc, inbound_only)
         err = ffi.new("char[]", lib.SENSOR_ERRBUF_SIZE)
         out = ffi.new("sensor_t **")
-        rc = lib.sensor_open_live(cfg, iface.encode(), bpf.encode(), err, out)
+        first, *rest = interfaces
+        rc = lib.sensor_open_live(cfg, first.encode(), bpf.encode(), err, out)
         if rc < 0:
             raise CaptureError(ffi.string(err).decode(errors="replace"), rc)
-        return cls(out[0], iface)
+        cap = cls(out[0], ",".join(interfaces))
+        for iface in rest:
+            rc = lib.sensor_add_live(cap._h, cfg, iface.encode(), bpf.encode(), err)
+            if rc < 0:
+                cap.close()
+                raise CaptureError(ffi.string(err).decode(errors="replace"), rc)
+        cap.interfaces = tuple(interfaces)
+        return cap
 
     def __enter__(self) -> Capture:
         return self
@@ -192,8 +204,19 @@ class Capture:
         """New timeouts and status interval; open flows are kept."""
         self._check(lib.sensor_reconfigure(self._h, native_config(flows)))
 
-    def fileno(self) -> int:
-        return lib.sensor_fileno(self._h)
+    def filenos(self) -> list[int]:
+        """Selectable descriptors of the live sources (for select/poll)."""
+        return [lib.sensor_fileno(self._h, i) for i in range(lib.sensor_source_count(self._h))]
+
+    def source_stats(self) -> list[dict[str, int]]:
+        """Per-interface counters: packets, bytes and libpcap's received/dropped figures."""
+        out = []
+        ss = ffi.new("sensor_source_stats_t *")
+        for i in range(lib.sensor_source_count(self._h)):
+            lib.sensor_source_stats(self._h, i, ss)
+            out.append({"packets": ss.packets, "bytes": ss.bytes, "pcap_recv": ss.pcap_recv,
+                        "pcap_drop": ss.pcap_drop, "pcap_ifdrop": ss.pcap_ifdrop})
+        return out
 
     def stats(self) -> dict[str, Any]:
         """Counters of this source: packets, bytes, decode errors by reason, flows, drops."""

@@ -413,10 +413,11 @@ Example:
 @click.option("--export", "exports", multiple=True, metavar="URL",
               help="IPFIX collector, ipfix+udp://HOST:PORT or ipfix+tcp://HOST:PORT (repeatable).")
 @click.option("--check-config", is_flag=True, help="Validate the configuration and exit.")
+@click.option("--runtime-dir", metavar="DIR", help="Where status.json goes (default /run/flowtap).")
 @click.option("-q", "quiet", is_flag=True, help="No progress line.")
 def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple[str, ...],
            bpf: str | None, data_dir: str | None, exports: tuple[str, ...], check_config: bool,
-           quiet: bool) -> None:
+           runtime_dir: str | None, quiet: bool) -> None:
     """Meter capture files or live interfaces into rotating SQLite archives.
 
     Files are metered on packet time and their archives rotate by packet time; a truncated or
@@ -425,10 +426,11 @@ def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple
     from . import config as _config
     from .recorder import Recorder
 
+    def load() -> _config.Config:
+        return _config.override(_config.load(config_path), interfaces=interfaces, bpf=bpf,
+                                data_dir=data_dir, exports=exports)
     try:
-        cfg = _config.load(config_path)
-        cfg = _config.override(cfg, interfaces=interfaces, bpf=bpf, data_dir=data_dir,
-                               exports=exports)
+        cfg = load()
     except _config.ConfigError as e:
         _fail(f"config: {e}", 2)
     if check_config:
@@ -437,7 +439,8 @@ def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple
     if not captures and not cfg.capture.interfaces:
         raise click.UsageError("nothing to record: give -r CAPTURE or -i IFACE (or capture.interfaces)")
     _logging(verbose=False)
-    rec = Recorder(cfg, progress=not quiet and sys.stderr.isatty())
+    rec = Recorder(cfg, progress=not quiet and sys.stderr.isatty(), reload=load,
+                   runtime_dir=runtime_dir)
     if captures:
         errors = rec.record_files(list(captures))
         for line in errors:
@@ -445,7 +448,12 @@ def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple
         if errors:
             raise click.exceptions.Exit(1)
         return
-    raise click.exceptions.Exit(rec.record_live())
+    from .capture import CaptureError
+    try:
+        status = rec.record_live()
+    except CaptureError as e:
+        _fail(str(e), 1)
+    raise click.exceptions.Exit(status)
 
 
 def _logging(verbose: bool) -> None:

@@ -213,6 +213,11 @@ def override(cfg: Config, interfaces: tuple[str, ...] = (), bpf: str | None = No
     return out
 
 
+def replace_section(cfg: Config, section: str, **values: Any) -> Config:
+    """A copy of cfg with some keys of one section replaced."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
+
+
 def load(path: str | os.PathLike[str] | None = None) -> Config:
     """Load and validate a TOML config file; a missing default file means all defaults.
 

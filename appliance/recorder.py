@@ -5,15 +5,21 @@ max(packet time, wall clock) live, so idle flows still end on a quiet link).
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
+import json
 import logging
 import os
+import select
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import capture
+from . import __version__, capture, service, sysinfo
+from . import config as config_mod
 from .archive import ArchiveWriter
 from .capture import Capture, CaptureError
 from .config import Config
@@ -21,6 +27,9 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 STATUS_ROW_INTERVAL = 60.0     # seconds of recorder clock between sensor_status rows
+STATUS_FILE_INTERVAL = 1.0     # seconds between status.json snapshots (live)
+RATE_HISTORY = 360             # 10-second rate samples kept in status.json: one hour
+DEFAULT_RUNTIME_DIR = "/run/flowtap"
 
 
 class Progress:
@@ -56,8 +65,14 @@ class Recorder:
     Example: ``Recorder(cfg).record_files(["x.pcap"])``
     """
 
-    def __init__(self, config: Config, progress: bool = False):
+    def __init__(self, config: Config, progress: bool = False, reload: Callable[[], Config] | None = None,
+                 runtime_dir: str | None = None):
         self.config = config
+        self.reload_config = reload          # SIGHUP: returns the new configuration
+        self.runtime_dir = Path(runtime_dir or os.environ.get("FLOWTAP_RUNTIME_DIR", DEFAULT_RUNTIME_DIR))
+        self.stopping = False
+        self.reload_requested = False
+        self.started = time.time()
         self.progress = Progress(progress)
         self.writer: ArchiveWriter | None = None
         self.last_status_at: float | None = None
@@ -159,11 +174,167 @@ class Recorder:
         status = (self.last_status_at or self._file_clock) + STATUS_ROW_INTERVAL
         return int(min(rotation, status) * 1e6)
 
-    def _status_tick(self, cap: Capture, interface: str, clock_synced: bool | None) -> None:
-        now = cap.last_packet_us / 1e6
+    def _status_tick(self, cap: Capture, interface: str, clock_synced: bool | None,
+                     now: float | None = None) -> None:
+        now = cap.last_packet_us / 1e6 if now is None else now
         if self.last_status_at is None:
             self.last_status_at = now
             return
         if now - self.last_status_at >= STATUS_ROW_INTERVAL:
             assert self.writer is not None
             self.writer.add_status(self.status_row(cap.stats(), now, interface, clock_synced))
+
+    # -- live -------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stopping = True
+
+    def record_live(self) -> int:
+        """Record the configured interfaces until SIGTERM/SIGINT; SIGHUP reloads the configuration.
+
+        On stop every open session ends with cause Shutdown, is written, and the archive is closed.
+        Returns the exit status (0 after a clean stop).
+        :raises CaptureError: when an interface cannot be opened (missing, no privileges, bad BPF).
+        """
+        cfg = self.config
+        ifaces = cfg.capture.interfaces
+        name = ",".join(ifaces)
+        writer = self._writer(name)
+        c = cfg.capture
+        cap = Capture.open_live(ifaces, cfg.flows, c.bpf, c.snaplen, c.ring_bytes, c.promisc,
+                                c.inbound_only)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        log.info("recording %s (bpf %r)", name, c.bpf)
+        service.notify(READY="1", STATUS=f"recording {name}")
+        watchdog = _watchdog_interval()
+        self.live = LiveState(ifaces)
+        last_watchdog = last_file = 0.0
+        with cap:
+            fds = cap.filenos()
+            while not self.stopping:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self._reload(cap, writer)
+                select.select(fds, [], [], 0.1)
+                while cap.poll() == capture.POLL_PACKETS:   # a full batch: more may be waiting
+                    self._emit_live(cap)
+                now_us = self._emit_live(cap)
+                now = now_us / 1e6
+                self._status_tick(cap, name, clock_synced=sysinfo.clock_synchronised(), now=now)
+                mono = time.monotonic()
+                if mono - last_file >= STATUS_FILE_INTERVAL:
+                    last_file = mono
+                    self.live.sample(cap.stats(), now)
+                    self.write_status(cap, writer)
+                if watchdog and mono - last_watchdog >= watchdog:
+                    last_watchdog = mono
+                    service.notify(WATCHDOG="1", STATUS=self.live.summary())
+            service.notify(STOPPING="1", STATUS="stopping: ending every open session")
+            cap.end_all(capture.lib.SENSOR_CAUSE_SHUTDOWN)
+            now_us = self._emit_live(cap)
+            writer.add_status(self.status_row(cap.stats(), now_us / 1e6, name,
+                                              sysinfo.clock_synchronised()))
+            writer.close(now_us / 1e6)
+            self.live.state = "stopped"
+            self.write_status(cap, writer)
+        log.info("stopped; %d records written", writer.records_written)
+        return 0
+
+    def _emit_live(self, cap: Capture) -> int:
+        now_us = max(cap.last_packet_us, int(time.time() * 1e6))
+        self._emit(cap, now_us)
+        return now_us
+
+    def _reload(self, cap: Capture, writer: ArchiveWriter) -> None:
+        """Apply a new configuration without losing open sessions: BPF, timeouts, retention."""
+        if self.reload_config is None:
+            return
+        try:
+            new = self.reload_config()
+        except config_mod.ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        old = self.config
+        if new.capture.bpf != old.capture.bpf:
+            try:
+                cap.set_filter(new.capture.bpf)
+            except CaptureError as exc:
+                log.error("reload: new BPF filter refused, keeping %r: %s", old.capture.bpf, exc)
+                new = config_mod.replace_section(new, "capture", bpf=old.capture.bpf)
+        if new.flows != old.flows:
+            cap.reconfigure(new.flows)
+        if new.capture.interfaces != old.capture.interfaces or new.archive.dir != old.archive.dir:
+            log.warning("interfaces or archive directory changed: restart the recorder to apply")
+        writer.cfg = dataclasses.replace(new.archive, dir=old.archive.dir)
+        self.config = new
+        log.info("configuration reloaded (digest %s, bpf %r)", new.digest(), new.capture.bpf)
+
+    def write_status(self, cap: Capture, writer: ArchiveWriter) -> None:
+        """Atomically replace status.json in the runtime directory (the web page reads it)."""
+        stats = cap.stats()
+        cfg = self.config
+        now = time.time()
+        doc = {
+            "version": __version__, "sensor_id": cfg.sensor.id, "state": self.live.state,
+            "since": self.started, "time": now, "uptime": now - self.started,
+            "pid": os.getpid(), "bpf": cfg.capture.bpf, "config_digest": cfg.digest(),
+            "interfaces": [dict(sysinfo.link(i), **s) for i, s in
+                           zip(cap.interfaces, cap.source_stats())],
+            "packets": stats["packets"], "bytes": stats["bytes"],
+            "kernel_drops": stats["pcap_drop"], "interface_drops": stats["pcap_ifdrop"],
+            "decode_errors": stats["decode_errors"], "flows_active": stats["flows_active"],
+            "flows_capacity": stats["flows_capacity"], "flows_evicted": stats["evicted"],
+            "records": stats["records"], "records_written": writer.records_written,
+            "records_lost": writer.records_lost, "write_errors": writer.write_errors,
+            "last_error": writer.last_error,
+            "pps": self.live.pps, "bps": self.live.bps, "rates": list(self.live.rates),
+            "archive": dict(writer.usage(), current=writer.current.path.name if writer.current else None,
+                            dir=str(writer.dir)),
+            "clock_synced": sysinfo.clock_synchronised(),
+        }
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.runtime_dir / "status.json.tmp"
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.runtime_dir / "status.json")
+
+
+class LiveState:
+    """Rates for the status page: packets/s and bits/s now, and 10-second samples for an hour."""
+
+    def __init__(self, interfaces: Sequence[str]):
+        self.interfaces = interfaces
+        self.state = "recording"
+        self.pps = self.bps = 0.0
+        self.rates: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=RATE_HISTORY)
+        self._last: tuple[float, int, int] | None = None
+        self._bucket: tuple[float, int, int] | None = None
+
+    def sample(self, stats: dict[str, Any], now: float) -> None:
+        pkts, nbytes = stats["packets"], stats["bytes"]
+        if self._last is not None:
+            dt = max(now - self._last[0], 1e-6)
+            self.pps = (pkts - self._last[1]) / dt
+            self.bps = 8 * (nbytes - self._last[2]) / dt
+        self._last = (now, pkts, nbytes)
+        if self._bucket is None:
+            self._bucket = (now, pkts, nbytes)
+        elif now - self._bucket[0] >= 10:
+            dt = now - self._bucket[0]
+            self.rates.append((round(now, 3), (pkts - self._bucket[1]) / dt,
+                               8 * (nbytes - self._bucket[2]) / dt))
+            self._bucket = (now, pkts, nbytes)
+
+    def summary(self) -> str:
+        return f"{self.state} {','.join(self.interfaces)}: {self.pps:,.0f} packets/s, {self.bps / 1e6:,.1f} Mb/s"
+
+
+def _watchdog_interval() -> float:
+    """Half of systemd's WatchdogSec (from WATCHDOG_USEC), or 0 without a watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    if not usec.isdigit() or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return 0.0
+    return int(usec) / 2e6

@@ -21,8 +21,11 @@ $(STAMP): $(BIN)/python $(wildcard native/*.c native/*.h native/*.py) pyproject.
 
 build: $(STAMP)
 
+# With interfaces in /etc/flowtap/flowtap.toml: the recorder. Without: the demo (needs root).
 run: build
-	$(BIN)/flowtap ra -n -r $(PCAPS)/large/pcpp-example.pcap
+	@ifaces=$$($(BIN)/python -c 'from appliance import config; print(",".join(config.load().capture.interfaces))'); \
+	if [ -n "$$ifaces" ]; then exec $(BIN)/flowtap record -c /etc/flowtap/flowtap.toml; \
+	else exec $(BIN)/flowtap demo; fi
 
 test: build asan
 	$(BIN)/python -m pytest

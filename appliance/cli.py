@@ -456,6 +456,85 @@ def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple
     raise click.exceptions.Exit(status)
 
 
+@cli.group(context_settings=CONTEXT, epilog="""\b
+Example:
+  flowtap bridge up br0 eth0 eth1
+  flowtap bridge status br0
+  flowtap bridge down br0""")
+def bridge() -> None:
+    """Make, inspect or remove the transparent bridge the sensor sits on."""
+
+
+@bridge.command("up", context_settings=CONTEXT, epilog="""\b
+Example:
+  flowtap bridge up br0 eth0 eth1""")
+@click.argument("name")
+@click.argument("ports", nargs=-1, required=True)
+def bridge_up(name: str, ports: tuple[str, ...]) -> None:
+    """Create bridge NAME from PORTS: no address, STP off, ports promiscuous, no netfilter."""
+    from . import bridge as _bridge
+    try:
+        _bridge.up(name, list(ports))
+    except _bridge.BridgeError as e:
+        _fail(str(e), 1)
+
+
+@bridge.command("down", context_settings=CONTEXT, epilog="""\b
+Example:
+  flowtap bridge down br0""")
+@click.argument("name")
+def bridge_down(name: str) -> None:
+    """Release the ports of bridge NAME and delete it."""
+    from . import bridge as _bridge
+    try:
+        _bridge.down(name)
+    except _bridge.BridgeError as e:
+        _fail(str(e), 1)
+
+
+@bridge.command("status", context_settings=CONTEXT, epilog="""\b
+Example:
+  flowtap bridge status br0
+  flowtap bridge status br0 --json""")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bridge_status(name: str, as_json: bool) -> None:
+    """Show bridge NAME and its ports: state, carrier, speed and counters."""
+    import json
+    from . import bridge as _bridge
+    try:
+        st = _bridge.status(name)
+    except _bridge.BridgeError as e:
+        _fail(str(e), 1)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    b = st["bridge"]
+    click.echo(f"{name}: {b['operstate']}, STP {'on' if st['stp'] else 'off'}, "
+               f"addresses: {' '.join(st['addresses']) or 'none'}")
+    for p in st["ports"]:
+        speed = f"{p['speed']} Mb/s" if p["speed"] else "speed unknown"
+        click.echo(f"  {p['name']}: {p['operstate']}, carrier {'yes' if p['carrier'] else 'no'}, {speed}, "
+                   f"promisc {'on' if p['promisc'] else 'off'}, rx {p['rx_packets']} packets "
+                   f"({p['rx_dropped']} dropped), tx {p['tx_packets']} packets")
+
+
+@cli.command(context_settings=CONTEXT, epilog="""\b
+Example:
+  sudo flowtap demo
+  sudo flowtap demo --data-dir /tmp/flowtap-demo --listen 127.0.0.1:8080""")
+@click.option("--data-dir", default="/tmp/flowtap-demo", show_default=True, help="Where archives go.")
+@click.option("--runtime-dir", default="/tmp/flowtap-demo/run", show_default=True,
+              help="Where the recorder's status.json goes.")
+@click.option("--listen", "web_listen", default="127.0.0.1:8080", show_default=True,
+              help="Serve the admin page here (when the web part is installed); '' for none.")
+def demo(data_dir: str, runtime_dir: str, web_listen: str) -> None:
+    """Run the sensor on a bridge in network namespaces with real traffic (needs root)."""
+    from . import demo as _demo
+    has_web = "web" in cli.commands
+    raise click.exceptions.Exit(_demo.run(data_dir, runtime_dir, web_listen if has_web and web_listen else None))
+
+
 def _logging(verbose: bool) -> None:
     """Log to the journal under systemd, to stderr otherwise."""
     from .service import setup_logging
@@ -471,3 +550,7 @@ def main() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ import base64
 import hashlib
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .config import Config, FlowsConfig
@@ -378,3 +378,134 @@ def meter_file_raw(path: str, flows: FlowsConfig | None = None,
             stats_out.update(cap.stats())
     if error is not None:
         raise error
+
+
+def check_bpf(expr: str) -> str | None:
+    """libpcap's error message for a BPF filter that does not compile (for Ethernet), or None."""
+    errbuf = ffi.new("char[]", lib.SENSOR_ERRBUF_SIZE)
+    if lib.sensor_check_filter(expr.encode(), errbuf) < 0:
+        return ffi.string(errbuf).decode(errors="replace")
+    return None
+
+
+# --- text lines in C (native/format.c) ---------------------------------------------------------
+
+# Record key -> SENSOR_FIELD_* for every value sensor_format prints (aliases share their key's id).
+FORMAT_FIELDS: dict[str, int] = {
+    key: getattr(lib, "SENSOR_FIELD_" + key.upper()) for key in (
+        "srcid", "seq", "cause", "stime", "ltime", "dur", "trans", "flgs", "proto", "saddr",
+        "sport", "dir", "daddr", "dport", "spkts", "dpkts", "pkts", "sbytes", "dbytes", "bytes",
+        "sappbytes", "dappbytes", "appbytes", "state", "stos", "dtos", "sttl", "dttl", "smac",
+        "dmac", "svlan", "dvlan", "smpls", "dmpls", "sflags", "dflags", "synack", "ackdat",
+        "tcprtt", "sretrans", "dretrans", "sgap", "dgap", "smaxsz", "sminsz", "dmaxsz", "dminsz",
+        "conn_state", "history")
+}
+PAD_NONE, PAD_RIGHT, PAD_LEFT = lib.SENSOR_PAD_NONE, lib.SENSOR_PAD_RIGHT, lib.SENSOR_PAD_LEFT
+SEP_DELIM, SEP_PORT = lib.SENSOR_SEP_DELIM, lib.SENSOR_SEP_PORT
+FORMAT_BUFFER = 512 * 1024            # bytes of text per sensor_format call (one buffer, reused)
+
+
+class LineFormat:
+    """How ``sensor_format`` prints records: a ``sensor_format_spec_t`` built once.
+
+    :param columns: per column ``(record key, PAD_*, SEP_*, width)``.
+    :param delimiter: bytes between columns (``b" "`` for aligned columns), at most 8.
+    :param srcid: the ``srcid`` value (printable ASCII without blanks, at most 64 bytes).
+    :raises ValueError: when C cannot print this (unknown key, too many columns, odd options).
+    Example: ``LineFormat([("saddr", PAD_NONE, SEP_DELIM, 0)], numeric=1, delimiter=b",")``
+    """
+
+    def __init__(self, columns: list[tuple[str, int, int, int]], numeric: int = 0,
+                 utime: bool = False, zflags: str | None = None, delimited: bool = False,
+                 rstrip: bool = False, delimiter: bytes = b" ", srcid: str = ""):
+        spec = ffi.new("sensor_format_spec_t *")
+        if not 1 <= len(columns) <= lib.SENSOR_FORMAT_MAX_COLUMNS:
+            raise ValueError(f"{len(columns)} columns")
+        if zflags not in (None, "s", "d", "b") or not 0 <= numeric <= 255:
+            raise ValueError("-Z or -n out of range")
+        raw_id = srcid.encode("ascii", "replace")
+        if not srcid.isascii() or not srcid.isprintable() or any(c.isspace() for c in srcid) \
+                or len(raw_id) > len(spec.srcid) or len(delimiter) > len(spec.delim):
+            raise ValueError("srcid or delimiter not printable in C")
+        for i, (key, pad, sep, width) in enumerate(columns):
+            if key not in FORMAT_FIELDS or (pad != PAD_NONE and not 1 <= width <= 0xFFFF):
+                raise ValueError(f"column {key!r} not printable in C")
+            col = spec.column[i]
+            col.field, col.pad, col.sep, col.width = FORMAT_FIELDS[key], pad, sep, width
+        spec.ncolumns = len(columns)
+        spec.flags = ((lib.SENSOR_FMT_UTIME if utime else 0)
+                      | (lib.SENSOR_FMT_DELIMITED if delimited else 0)
+                      | (lib.SENSOR_FMT_RSTRIP if rstrip else 0))
+        spec.numeric = numeric
+        spec.zflags = ord(zflags) if zflags else 0
+        spec.delim_len, spec.srcid_len = len(delimiter), len(raw_id)
+        ffi.memmove(spec.delim, delimiter, len(delimiter))
+        ffi.memmove(spec.srcid, raw_id, len(raw_id))
+        self.spec = spec
+        self.srcid = srcid
+
+
+def format_file(path: str, fmt: LineFormat, room: Callable[[], int] | None = None,
+                flows: FlowsConfig | None = None,
+                stats_out: dict[str, Any] | None = None) -> Iterator[tuple[int, Any]]:
+    """Meter one capture file and yield its records as text lines printed by C, in order:
+    ``(k, view)`` for k >= 1 whole lines in ``view`` (a buffer reused after the next step), and
+    ``(0, raw)`` for a record C leaves to Python (a raw tuple for :func:`to_record`).
+
+    :param room: called before each chunk: at most that many records in it (0 = no limit).
+    :param stats_out: filled with the source's counters when done (see :meth:`Capture.stats`).
+    :raises CaptureError: as :func:`meter_file`, after every record that could be read.
+    Example: ``for k, item in format_file("x.pcap", fmt): ...``
+    """
+    text = ffi.new("char[]", FORMAT_BUFFER)
+    view = memoryview(ffi.buffer(text))
+    used = ffi.new("size_t *")
+    spec = fmt.spec
+    error = None
+    with Capture.open_file(path, flows) as cap:
+        h, recs = cap._h, cap._out
+        done = False
+        while not done:
+            try:
+                done = cap.poll(POLL_PACKETS) == lib.SENSOR_EOF
+            except CaptureError as exc:
+                error, done = exc, True
+            if done:
+                cap.end_all(lib.SENSOR_CAUSE_SHUTDOWN)
+            now = cap.last_packet_us
+            while True:
+                n = lib.sensor_drain(h, recs, DRAIN_BATCH, now)
+                i = 0
+                while i < n:
+                    limit = n - i
+                    if room is not None:
+                        limit = min(limit, room() or limit)
+                    k = lib.sensor_format(recs + i, limit, spec, text, FORMAT_BUFFER, used)
+                    if k:
+                        yield k, view[: used[0]]
+                        i += k
+                    else:      # left to Python (or one line longer than the whole buffer)
+                        yield 0, RECORD.unpack_from(cap._view, i * RECORD_SIZE)
+                        i += 1
+                if n < DRAIN_BATCH:
+                    break
+        if stats_out is not None:
+            stats_out.update(cap.stats())
+    if error is not None:
+        raise error
+
+
+def format_records(raw: bytes, fmt: LineFormat) -> tuple[int, bytes]:
+    """Run ``sensor_format`` over packed records (``RECORD`` layout, as many as fit in ``raw``):
+    how many leading records it printed, and their lines (for tests and tools).
+
+    Example: ``k, text = format_records(RECORD.pack(*raw), fmt)``
+    """
+    n = len(raw) // RECORD_SIZE
+    recs = ffi.new("sensor_flow_t[]", max(n, 1))
+    ffi.memmove(recs, raw, n * RECORD_SIZE)
+    size = max(FORMAT_BUFFER, n * 4096)
+    text = ffi.new("char[]", size)
+    used = ffi.new("size_t *")
+    k = lib.sensor_format(recs, n, fmt.spec, text, size, used)
+    return k, ffi.buffer(text, used[0])[:]

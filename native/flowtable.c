@@ -40,6 +40,7 @@ typedef struct ft_key {
 typedef struct ft_flow {
     ft_key_t key;
     uint32_t bucket_next;     /* next entry in the hash chain */
+    uint32_t bucket;          /* its chain, so removal does not hash again */
     uint32_t lru_prev, lru_next;
     uint32_t gen;             /* bumped on every reuse, so fragment links can be validated */
     uint8_t  cls, init, in_use, dir_known;
@@ -334,7 +335,7 @@ static uint32_t bucket_of(const ft_table_t *t, const ft_key_t *k)
 static void flow_remove(ft_table_t *t, uint32_t i)
 {
     ft_flow_t *f = &t->flows[i];
-    uint32_t *link = &t->buckets[bucket_of(t, &f->key)];
+    uint32_t *link = &t->buckets[f->bucket];
     while (*link && *link - 1 != i) link = &t->flows[*link - 1].bucket_next;
     if (*link) *link = f->bucket_next;
     flow_list_unlink(t, &t->lru[f->cls], i);
@@ -413,6 +414,7 @@ static uint32_t flow_create(ft_table_t *t, const ft_key_t *k, uint32_t bucket, i
         f->rec.vlan[s] = 0xffff;
         f->rec.mpls[s] = 0xffffffffu;
     }
+    f->bucket = bucket;
     f->bucket_next = t->buckets[bucket];
     t->buckets[bucket] = i + 1;
     flow_list_push(t, &t->lru[cls], i);
@@ -596,13 +598,31 @@ static int initiator(const decode_pkt_t *p, int s)
 }
 
 /* Find or create the flow for p; returns its index (FT_NIL only if the table has no room at all). */
-static uint32_t flow_for(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifindex, int *side)
+/* A packet's key, side and chain, computed ahead of time by ft_packets. */
+typedef struct ft_lookup {
+    ft_key_t key;
+    uint32_t bucket;
+    int side;
+} ft_lookup_t;
+
+static void lookup(const ft_table_t *t, const decode_pkt_t *p, ft_lookup_t *l)
 {
-    ft_key_t k;
-    make_key(p, &k, side);
-    uint32_t b = bucket_of(t, &k);
+    make_key(p, &l->key, &l->side);
+    l->bucket = bucket_of(t, &l->key);
+}
+
+static uint32_t flow_for(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifindex, int *side,
+                         const ft_lookup_t *pre)
+{
+    ft_lookup_t own;
+    if (!pre) {
+        lookup(t, p, &own);
+        pre = &own;
+    }
+    const ft_key_t k = pre->key;
+    uint32_t b = pre->bucket;
     uint32_t i = flow_find(t, &k, b);
-    int s = *side;
+    int s = *side = pre->side;
     if (i != FT_NIL) {
         /* Idle past its timeout: the flow ended, whenever the caller last drained. This keeps record
          * boundaries a function of the packets alone, not of the drain cadence. */
@@ -706,7 +726,7 @@ static void frag_orphan(ft_table_t *t, const ft_frag_t *g)
     memcpy(p.src, g->src, 16);
     memcpy(p.dst, g->dst, 16);
     int s;
-    uint32_t i = flow_for(t, &p, g->first_us, 0, &s);
+    uint32_t i = flow_for(t, &p, g->first_us, 0, &s, NULL);
     if (i == FT_NIL) return;
     ft_flow_t *f = &t->flows[i];
     count(f, s, g->pend_pkts, g->pend_bytes, g->pend_payload, g->pend_min, g->pend_max);
@@ -792,7 +812,8 @@ static int frag_account(ft_table_t *t, uint32_t gi, const decode_pkt_t *p)
 
 /* ---- per packet ---- */
 
-void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifindex)
+static void packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifindex,
+                   const ft_lookup_t *pre)
 {
     uint32_t wire = p->wire_len;
     if (p->frag == DECODE_FRAG_LATER) {
@@ -823,7 +844,7 @@ void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifinde
         return;
     }
     int s;
-    uint32_t i = flow_for(t, p, ts, ifindex, &s);
+    uint32_t i = flow_for(t, p, ts, ifindex, &s, pre);
     if (i == FT_NIL) return;
     ft_flow_t *f = &t->flows[i];
     status_cut(t, f, ts);
@@ -851,6 +872,11 @@ void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifinde
         }
         frag_account(t, gi, p);
     }
+}
+
+void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifindex)
+{
+    packet(t, p, ts, ifindex, NULL);
 }
 
 /* ---- draining ---- */

@@ -16,11 +16,18 @@ _Static_assert(sizeof(sensor_flow_t) == 208, "sensor_flow_t must stay 208 bytes 
 _Static_assert(sizeof(((sensor_stats_t *)0)->decode_errors) / sizeof(uint64_t) == SENSOR_DERR_COUNT,
                "decode_errors must have one slot per SENSOR_DERR_*");
 
-struct sensor {
-    pcap_t *pcap;                 /* libpcap handle, or NULL when ng is used */
+/* One packet source: a libpcap handle (file or live interface), or our pcapng reader. */
+typedef struct source {
+    pcap_t *pcap;
     pcapng_reader_t *ng;          /* own reader for pcapng files with mixed link types */
-    int linktype, live, eof;
-    uint8_t ifindex;
+    int linktype;
+    uint64_t packets, bytes;
+} source_t;
+
+struct sensor {
+    source_t src[SENSOR_MAX_SOURCES];
+    int nsrc, live, eof;
+    int current;                  /* the source being dispatched (its index tags new flows) */
     uint64_t until_us;            /* poll stops after the first packet at or past this (0 = never) */
     int reached;                  /* that packet has been seen */
     ft_table_t *ft;
@@ -76,21 +83,72 @@ int sensor_open_file(const sensor_config_t *cfg, const char *path, char *errbuf,
     sensor_t *s;
     int rc = sensor_new(cfg, errbuf, &s);
     if (rc < 0) return rc;
+    source_t *src = &s->src[s->nsrc++];
     if (pcapng_has_mixed_linktypes(path)) {
-        if (pcapng_open(path, &s->ng, errbuf, SENSOR_ERRBUF_SIZE) < 0) goto fail;
+        if (pcapng_open(path, &src->ng, errbuf, SENSOR_ERRBUF_SIZE) < 0) goto fail;
     } else {
         char pe[PCAP_ERRBUF_SIZE] = "";
-        s->pcap = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_MICRO, pe);
-        if (!s->pcap) {
+        src->pcap = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_MICRO, pe);
+        if (!src->pcap) {
             set_error(errbuf, "%s", pe);
             goto fail;
         }
-        s->linktype = pcap_datalink(s->pcap);
+        src->linktype = pcap_datalink(src->pcap);
     }
     *out = s;
     return SENSOR_OK;
 fail:
     sensor_close(s);
+    return SENSOR_EPCAP;
+}
+
+static int compile_filter(sensor_t *s, pcap_t *p, const char *bpf);
+
+/* Opens and activates one live interface into the next source slot. */
+static int add_source(sensor_t *s, const sensor_config_t *cfg, const char *iface, const char *bpf,
+                      char *errbuf)
+{
+    if (s->nsrc >= SENSOR_MAX_SOURCES) {
+        set_error(errbuf, "%s: at most %d capture interfaces", iface, SENSOR_MAX_SOURCES);
+        return SENSOR_EINVAL;
+    }
+    char pe[PCAP_ERRBUF_SIZE] = "";
+    pcap_t *p = pcap_create(iface, pe);
+    if (!p) {
+        set_error(errbuf, "%s: %s", iface, pe);
+        return SENSOR_EPCAP;
+    }
+    /* TPACKET_V3 is libpcap's default on Linux unless immediate mode is set, so it is not. */
+    pcap_set_snaplen(p, cfg->snaplen ? (int)cfg->snaplen : 128);
+    pcap_set_promisc(p, cfg->promisc ? 1 : 0);
+    pcap_set_timeout(p, cfg->timeout_ms ? (int)cfg->timeout_ms : 100);
+    if (cfg->ring_bytes) pcap_set_buffer_size(p, (int)cfg->ring_bytes);
+    pcap_set_tstamp_precision(p, PCAP_TSTAMP_PRECISION_MICRO);
+    int rc = pcap_activate(p);
+    if (rc < 0) {
+        set_error(errbuf, "%s: %s (%s)", iface, pcap_statustostr(rc), pcap_geterr(p));
+        goto fail;
+    }
+    if (rc > 0) s->stats.warnings++;          /* e.g. promiscuous mode not supported */
+    if (cfg->inbound_only && pcap_setdirection(p, PCAP_D_IN) < 0) {
+        set_error(errbuf, "%s: cannot capture inbound only: %s", iface, pcap_geterr(p));
+        goto fail;
+    }
+    if (pcap_setnonblock(p, 1, pe) < 0) {
+        set_error(errbuf, "%s: %s", iface, pe);
+        goto fail;
+    }
+    if (bpf && *bpf && (rc = compile_filter(s, p, bpf)) < 0) {
+        set_error(errbuf, "%s: %s", iface, s->err);
+        pcap_close(p);
+        return rc;
+    }
+    s->live = 1;
+    s->src[s->nsrc].pcap = p;
+    s->src[s->nsrc].linktype = pcap_datalink(p);
+    return s->nsrc++;
+fail:
+    pcap_close(p);
     return SENSOR_EPCAP;
 }
 
@@ -100,62 +158,50 @@ int sensor_open_live(const sensor_config_t *cfg, const char *iface, const char *
     sensor_t *s;
     int rc = sensor_new(cfg, errbuf, &s);
     if (rc < 0) return rc;
-    char pe[PCAP_ERRBUF_SIZE] = "";
-    s->live = 1;
-    s->pcap = pcap_create(iface, pe);
-    if (!s->pcap) {
-        set_error(errbuf, "%s: %s", iface, pe);
-        goto fail;
-    }
-    /* TPACKET_V3 is libpcap's default on Linux unless immediate mode is set, so it is not. */
-    pcap_set_snaplen(s->pcap, cfg->snaplen ? (int)cfg->snaplen : 128);
-    pcap_set_promisc(s->pcap, cfg->promisc ? 1 : 0);
-    pcap_set_timeout(s->pcap, cfg->timeout_ms ? (int)cfg->timeout_ms : 100);
-    if (cfg->ring_bytes) pcap_set_buffer_size(s->pcap, (int)cfg->ring_bytes);
-    pcap_set_tstamp_precision(s->pcap, PCAP_TSTAMP_PRECISION_MICRO);
-    rc = pcap_activate(s->pcap);
+    rc = add_source(s, cfg, iface, bpf, errbuf);
     if (rc < 0) {
-        set_error(errbuf, "%s: %s (%s)", iface, pcap_statustostr(rc), pcap_geterr(s->pcap));
-        goto fail;
-    }
-    if (rc > 0) s->stats.warnings++;          /* e.g. promiscuous mode not supported */
-    s->linktype = pcap_datalink(s->pcap);
-    if (cfg->inbound_only && pcap_setdirection(s->pcap, PCAP_D_IN) < 0) {
-        set_error(errbuf, "%s: cannot capture inbound only: %s", iface, pcap_geterr(s->pcap));
-        goto fail;
-    }
-    if (pcap_setnonblock(s->pcap, 1, pe) < 0) {
-        set_error(errbuf, "%s: %s", iface, pe);
-        goto fail;
-    }
-    if (bpf && *bpf && sensor_set_filter(s, bpf) < 0) {
-        set_error(errbuf, "%s", s->err);
         sensor_close(s);
-        return SENSOR_EFILTER;
+        return rc;
     }
     *out = s;
     return SENSOR_OK;
-fail:
-    sensor_close(s);
-    return SENSOR_EPCAP;
+}
+
+int sensor_add_live(sensor_t *s, const sensor_config_t *cfg, const char *iface, const char *bpf,
+                    char *errbuf)
+{
+    if (!s->live) {
+        set_error(errbuf, "%s: live interfaces cannot join a capture file", iface);
+        return SENSOR_EINVAL;
+    }
+    return add_source(s, cfg, iface, bpf, errbuf);
+}
+
+static int compile_filter(sensor_t *s, pcap_t *p, const char *bpf)
+{
+    struct bpf_program prog;
+    if (pcap_compile(p, &prog, bpf ? bpf : "", 1, PCAP_NETMASK_UNKNOWN) < 0) {
+        set_error(s->err, "bad BPF filter: %s", pcap_geterr(p));
+        return SENSOR_EFILTER;
+    }
+    int rc = pcap_setfilter(p, &prog);
+    pcap_freecode(&prog);
+    if (rc < 0) {
+        set_error(s->err, "cannot set BPF filter: %s", pcap_geterr(p));
+        return SENSOR_EFILTER;
+    }
+    return SENSOR_OK;
 }
 
 int sensor_set_filter(sensor_t *s, const char *bpf)
 {
-    if (!s->pcap) {
-        set_error(s->err, "this capture cannot take a BPF filter");
-        return SENSOR_EINVAL;
-    }
-    struct bpf_program prog;
-    if (pcap_compile(s->pcap, &prog, bpf ? bpf : "", 1, PCAP_NETMASK_UNKNOWN) < 0) {
-        set_error(s->err, "bad BPF filter: %s", pcap_geterr(s->pcap));
-        return SENSOR_EFILTER;
-    }
-    int rc = pcap_setfilter(s->pcap, &prog);
-    pcap_freecode(&prog);
-    if (rc < 0) {
-        set_error(s->err, "cannot set BPF filter: %s", pcap_geterr(s->pcap));
-        return SENSOR_EFILTER;
+    for (int i = 0; i < s->nsrc; i++) {
+        if (!s->src[i].pcap) {
+            set_error(s->err, "this capture cannot take a BPF filter");
+            return SENSOR_EINVAL;
+        }
+        int rc = compile_filter(s, s->src[i].pcap, bpf);
+        if (rc < 0) return rc;
     }
     return SENSOR_OK;
 }
@@ -180,21 +226,24 @@ static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, u
         return;
     }
     if (p.anomaly) s->stats.decode_errors[p.anomaly - 1]++;   /* metered, but noted */
-    ft_packet(s->ft, &p, ts, s->ifindex);
+    ft_packet(s->ft, &p, ts, (uint8_t)s->current);
 }
 
 static void on_packet(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
 {
     sensor_t *s = (sensor_t *)user;
+    source_t *src = &s->src[s->current];
     uint64_t ts = (uint64_t)h->ts.tv_sec * 1000000u + (uint64_t)h->ts.tv_usec;
-    meter(s, s->linktype, ts, bytes, h->caplen, h->len);
+    src->packets++;
+    src->bytes += h->len;
+    meter(s, src->linktype, ts, bytes, h->caplen, h->len);
     if (s->until_us && ts >= s->until_us) {
         s->reached = 1;
-        pcap_breakloop(s->pcap);
+        pcap_breakloop(src->pcap);
     }
 }
 
-static int poll_pcapng(sensor_t *s, int cnt)
+static int poll_pcapng(sensor_t *s, pcapng_reader_t *ng, int cnt)
 {
     int n = 0;
     while (n < cnt) {
@@ -202,14 +251,14 @@ static int poll_pcapng(sensor_t *s, int cnt)
         uint32_t caplen, len;
         int linktype;
         const uint8_t *data;
-        int rc = pcapng_next(s->ng, &ts, &caplen, &len, &linktype, &data);
+        int rc = pcapng_next(ng, &ts, &caplen, &len, &linktype, &data);
         if (rc == 0) {
             s->eof = 1;
             return n ? n : SENSOR_EOF;
         }
         if (rc < 0) {
             s->eof = 1;
-            set_error(s->err, "%s", pcapng_error(s->ng));
+            set_error(s->err, "%s", pcapng_error(ng));
             return SENSOR_EFILE;
         }
         meter(s, linktype, ts, data, caplen, len);
@@ -217,6 +266,43 @@ static int poll_pcapng(sensor_t *s, int cnt)
         if (s->until_us && ts >= s->until_us) break;
     }
     return n;
+}
+
+/* Files: one source, read until cnt packets, EOF or the until_us packet. */
+static int poll_file(sensor_t *s, int cnt)
+{
+    source_t *src = &s->src[0];
+    if (src->ng) return poll_pcapng(s, src->ng, cnt);
+    int rc = pcap_dispatch(src->pcap, cnt, on_packet, (u_char *)s);
+    if (rc == PCAP_ERROR) {
+        set_error(s->err, "%s", pcap_geterr(src->pcap));
+        s->eof = 1;
+        return SENSOR_EFILE;
+    }
+    if (rc == PCAP_ERROR_BREAK) return s->reached ? 1 : 0;
+    if (rc == 0) {
+        s->eof = 1;
+        return SENSOR_EOF;
+    }
+    return rc;
+}
+
+/* Live: every source in turn, each with its share of the budget; never blocks. */
+static int poll_live(sensor_t *s, int cnt)
+{
+    int total = 0, share = cnt / s->nsrc > 0 ? cnt / s->nsrc : 1;
+    for (int i = 0; i < s->nsrc && total < cnt; i++) {
+        s->current = i;
+        int rc = pcap_dispatch(s->src[i].pcap, share, on_packet, (u_char *)s);
+        if (rc == PCAP_ERROR) {
+            set_error(s->err, "%s", pcap_geterr(s->src[i].pcap));
+            s->current = 0;
+            return SENSOR_EPCAP;
+        }
+        if (rc > 0) total += rc;
+    }
+    s->current = 0;
+    return total;
 }
 
 int sensor_poll(sensor_t *s, int max_packets, uint64_t until_us)
@@ -227,20 +313,7 @@ int sensor_poll(sensor_t *s, int max_packets, uint64_t until_us)
     size_t room = ft_ring_free(s->ft) / FT_RECORDS_PER_PACKET;
     int cnt = (size_t)max_packets < room ? max_packets : (int)room;
     if (cnt <= 0) return 0;                   /* the caller drains, then polls again */
-    if (s->ng) return poll_pcapng(s, cnt);
-    int rc = pcap_dispatch(s->pcap, cnt, on_packet, (u_char *)s);
-    if (rc == PCAP_ERROR) {
-        set_error(s->err, "%s", pcap_geterr(s->pcap));
-        if (s->live) return SENSOR_EPCAP;
-        s->eof = 1;
-        return SENSOR_EFILE;
-    }
-    if (rc == PCAP_ERROR_BREAK) return s->reached ? 1 : 0;
-    if (rc == 0 && !s->live) {
-        s->eof = 1;
-        return SENSOR_EOF;
-    }
-    return rc;
+    return s->live ? poll_live(s, cnt) : poll_file(s, cnt);
 }
 
 size_t sensor_drain(sensor_t *s, sensor_flow_t *out, size_t cap, uint64_t now_us)
@@ -255,19 +328,37 @@ void sensor_get_stats(sensor_t *s, sensor_stats_t *out)
     *out = s->stats;
     ft_stats(s->ft, out);
     out->decode_errors[SENSOR_DERR_FRAG_TABLE] += s->stats.decode_errors[SENSOR_DERR_FRAG_TABLE];
-    if (s->live && s->pcap) {
-        struct pcap_stat ps;
-        if (pcap_stats(s->pcap, &ps) == 0) {
-            out->pcap_recv = ps.ps_recv;
-            out->pcap_drop = ps.ps_drop;
-            out->pcap_ifdrop = ps.ps_ifdrop;
+    for (int i = 0; i < s->nsrc; i++) {
+        sensor_source_stats_t ss;
+        if (sensor_source_stats(s, i, &ss) == 0) {
+            out->pcap_recv += ss.pcap_recv;
+            out->pcap_drop += ss.pcap_drop;
+            out->pcap_ifdrop += ss.pcap_ifdrop;
         }
     }
 }
 
-int sensor_fileno(const sensor_t *s)
+int sensor_source_count(const sensor_t *s) { return s->nsrc; }
+
+int sensor_source_stats(sensor_t *s, int source, sensor_source_stats_t *out)
 {
-    return s->live && s->pcap ? pcap_get_selectable_fd(s->pcap) : -1;
+    if (source < 0 || source >= s->nsrc) return SENSOR_EINVAL;
+    memset(out, 0, sizeof *out);
+    out->packets = s->src[source].packets;
+    out->bytes = s->src[source].bytes;
+    struct pcap_stat ps;
+    if (s->live && s->src[source].pcap && pcap_stats(s->src[source].pcap, &ps) == 0) {
+        out->pcap_recv = ps.ps_recv;
+        out->pcap_drop = ps.ps_drop;
+        out->pcap_ifdrop = ps.ps_ifdrop;
+    }
+    return SENSOR_OK;
+}
+
+int sensor_fileno(const sensor_t *s, int source)
+{
+    if (!s->live || source < 0 || source >= s->nsrc) return -1;
+    return pcap_get_selectable_fd(s->src[source].pcap);
 }
 
 const char *sensor_last_error(const sensor_t *s) { return s->err; }
@@ -277,8 +368,29 @@ size_t sensor_entry_size(void) { return ft_entry_size(); }
 void sensor_close(sensor_t *s)
 {
     if (!s) return;
-    if (s->pcap) pcap_close(s->pcap);
-    pcapng_close(s->ng);
+    for (int i = 0; i < s->nsrc; i++) {
+        if (s->src[i].pcap) pcap_close(s->src[i].pcap);
+        pcapng_close(s->src[i].ng);
+    }
     ft_destroy(s->ft);
     free(s);
+}
+
+int sensor_check_filter(const char *bpf, char *errbuf)
+{
+    pcap_t *p = pcap_open_dead(DLT_EN10MB, 262144);
+    if (!p) {
+        set_error(errbuf, "out of memory");
+        return SENSOR_ENOMEM;
+    }
+    struct bpf_program prog;
+    int rc = SENSOR_OK;
+    if (pcap_compile(p, &prog, bpf ? bpf : "", 1, PCAP_NETMASK_UNKNOWN) < 0) {
+        set_error(errbuf, "%s", pcap_geterr(p));
+        rc = SENSOR_EFILTER;
+    } else {
+        pcap_freecode(&prog);
+    }
+    pcap_close(p);
+    return rc;
 }

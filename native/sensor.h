@@ -6,7 +6,7 @@
 #include <stddef.h>
 
 enum { SENSOR_ABI_VERSION = 1 };
-enum { SENSOR_ERRBUF_SIZE = 512 };
+enum { SENSOR_ERRBUF_SIZE = 512, SENSOR_MAX_SOURCES = 8 };
 
 /* Return codes: >= 0 is success (a count where one is meaningful). */
 enum {
@@ -150,7 +150,12 @@ int sensor_open_file(const sensor_config_t *cfg, const char *path, char *errbuf,
 /* Open a live interface (TPACKET_V3 ring through libpcap). bpf may be NULL or "". Same ownership. */
 int sensor_open_live(const sensor_config_t *cfg, const char *iface, const char *bpf,
                      char *errbuf, sensor_t **out);
-/* Replace the BPF filter of a live handle. */
+/* Add another live interface feeding the same flow table (bridge member ports): each frame is
+ * metered once and records carry the index of the source that saw the initiator first.
+ * Returns the source index (>= 0) or SENSOR_E* with errbuf set. */
+int sensor_add_live(sensor_t *s, const sensor_config_t *cfg, const char *iface, const char *bpf,
+                    char *errbuf);
+/* Replace the BPF filter of every live source (or of a file: filters what is metered). */
 int sensor_set_filter(sensor_t *s, const char *bpf);
 /* Change timeouts and the status interval of an open handle (open flows are kept). */
 int sensor_reconfigure(sensor_t *s, const sensor_config_t *cfg);
@@ -163,11 +168,80 @@ size_t sensor_drain(sensor_t *s, sensor_flow_t *out, size_t cap, uint64_t now_us
 /* End every open flow with the given cause; the records then come out of sensor_drain. */
 void sensor_end_all(sensor_t *s, int cause);
 void sensor_get_stats(sensor_t *s, sensor_stats_t *out);
-/* Returns the pcap file descriptor of a live handle (for poll/select), or -1. */
-int sensor_fileno(const sensor_t *s);
+/* Per-source counters (packets seen by this source and its libpcap statistics). */
+typedef struct sensor_source_stats {
+    uint64_t packets, bytes;
+    uint64_t pcap_recv, pcap_drop, pcap_ifdrop;
+} sensor_source_stats_t;
+int sensor_source_count(const sensor_t *s);
+int sensor_source_stats(sensor_t *s, int source, sensor_source_stats_t *out);
+/* The pcap file descriptor of a live source (for poll/select), or -1. */
+int sensor_fileno(const sensor_t *s, int source);
 const char *sensor_last_error(const sensor_t *s);  /* valid until the next call on s */
 /* Bytes one flow-table entry costs (for the memory figure in status and benches). */
 size_t sensor_entry_size(void);
 void sensor_close(sensor_t *s);                    /* NULL-safe */
+
+/* --- Text output (format.c): ra's -c and column lines straight from records, as appliance/fields.py
+ * and appliance/output.py print them. Field ids name record values (aliases share an id: svid is
+ * SENSOR_FIELD_SVLAN). */
+enum {
+    SENSOR_FIELD_SRCID = 0, SENSOR_FIELD_SEQ = 1, SENSOR_FIELD_CAUSE = 2, SENSOR_FIELD_STIME = 3,
+    SENSOR_FIELD_LTIME = 4, SENSOR_FIELD_DUR = 5, SENSOR_FIELD_TRANS = 6, SENSOR_FIELD_FLGS = 7,
+    SENSOR_FIELD_PROTO = 8, SENSOR_FIELD_SADDR = 9, SENSOR_FIELD_SPORT = 10, SENSOR_FIELD_DIR = 11,
+    SENSOR_FIELD_DADDR = 12, SENSOR_FIELD_DPORT = 13, SENSOR_FIELD_SPKTS = 14, SENSOR_FIELD_DPKTS = 15,
+    SENSOR_FIELD_PKTS = 16, SENSOR_FIELD_SBYTES = 17, SENSOR_FIELD_DBYTES = 18, SENSOR_FIELD_BYTES = 19,
+    SENSOR_FIELD_SAPPBYTES = 20, SENSOR_FIELD_DAPPBYTES = 21, SENSOR_FIELD_APPBYTES = 22,
+    SENSOR_FIELD_STATE = 23, SENSOR_FIELD_STOS = 24, SENSOR_FIELD_DTOS = 25, SENSOR_FIELD_STTL = 26,
+    SENSOR_FIELD_DTTL = 27, SENSOR_FIELD_SMAC = 28, SENSOR_FIELD_DMAC = 29, SENSOR_FIELD_SVLAN = 30,
+    SENSOR_FIELD_DVLAN = 31, SENSOR_FIELD_SMPLS = 32, SENSOR_FIELD_DMPLS = 33, SENSOR_FIELD_SFLAGS = 34,
+    SENSOR_FIELD_DFLAGS = 35, SENSOR_FIELD_SYNACK = 36, SENSOR_FIELD_ACKDAT = 37,
+    SENSOR_FIELD_TCPRTT = 38, SENSOR_FIELD_SRETRANS = 39, SENSOR_FIELD_DRETRANS = 40,
+    SENSOR_FIELD_SGAP = 41, SENSOR_FIELD_DGAP = 42, SENSOR_FIELD_SMAXSZ = 43, SENSOR_FIELD_SMINSZ = 44,
+    SENSOR_FIELD_DMAXSZ = 45, SENSOR_FIELD_DMINSZ = 46, SENSOR_FIELD_CONN_STATE = 47,
+    SENSOR_FIELD_HISTORY = 48, SENSOR_FIELD_COUNT = 49
+};
+enum {
+    SENSOR_FMT_UTIME = 1,         /* -u: times as Unix seconds with 6 decimals, else local H:M:S.us */
+    SENSOR_FMT_DELIMITED = 2,     /* -c given: Flgs is padded to 10, not 9 */
+    SENSOR_FMT_RSTRIP = 4         /* aligned columns: trailing blanks cut from each line */
+};
+enum { SENSOR_PAD_NONE = 0, SENSOR_PAD_RIGHT = 1, SENSOR_PAD_LEFT = 2 };  /* rjust / ljust */
+enum { SENSOR_SEP_DELIM = 0, SENSOR_SEP_PORT = 1 };  /* PORT: '.' before a non-empty port, else ' ' */
+enum { SENSOR_FORMAT_MAX_COLUMNS = 64 };
+
+typedef struct sensor_format_column {
+    uint8_t  field;               /* SENSOR_FIELD_* */
+    uint8_t  pad;                 /* SENSOR_PAD_*: fit to width; longer values keep width-1 chars + '*' */
+    uint8_t  sep;                 /* SENSOR_SEP_*: what precedes this column (not the first) */
+    uint8_t  reserved;
+    uint16_t width;               /* >= 1 when pad is not NONE */
+    uint16_t reserved2;
+} sensor_format_column_t;
+
+typedef struct sensor_format_spec {
+    uint32_t ncolumns;            /* 1 .. SENSOR_FORMAT_MAX_COLUMNS */
+    uint32_t flags;               /* SENSOR_FMT_* */
+    uint8_t  numeric;             /* -n count: 1 numeric ports, 2 numeric protocols too */
+    uint8_t  zflags;              /* -Z: 0, 's', 'd' or 'b' */
+    uint8_t  delim_len;           /* bytes of delim (0 .. 8) */
+    uint8_t  srcid_len;           /* bytes of srcid (0 .. 64) */
+    char     delim[8];            /* column separator (" " for aligned columns) */
+    char     srcid[64];           /* the srcid value, printable ASCII */
+    sensor_format_column_t column[SENSOR_FORMAT_MAX_COLUMNS];
+} sensor_format_spec_t;
+
+/* Format recs[0..n) as text lines ("\n"-terminated) into out[0..cap). Returns how many records were
+ * written; *used is the bytes written. Allocates nothing and never writes past out + cap. It stops
+ * before the first record whose line does not fit in what is left of out, or that it leaves to the
+ * Python formatter (named TCP/UDP ports, unknown address kinds, out-of-range enum values). So a
+ * call on an empty out that returns 0 means "format recs[0] in Python" (its line may also just be
+ * longer than cap). */
+size_t sensor_format(const sensor_flow_t *recs, size_t n, const sensor_format_spec_t *spec,
+                     char *out, size_t cap, size_t *used);
+
+/* Compile a BPF filter for Ethernet without a device: SENSOR_OK, or SENSOR_EFILTER with libpcap's
+ * message in errbuf (SENSOR_ERRBUF_SIZE bytes). Needs no privileges (the web page checks filters). */
+int sensor_check_filter(const char *bpf, char *errbuf);
 
 #endif

@@ -7,8 +7,11 @@ static uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
 
 static uint64_t load64le(const uint8_t *p)
 {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 

@@ -192,6 +192,12 @@ class Capture:
             if n < DRAIN_BATCH:
                 return total
 
+    def top_flows(self, n: int = 20, srcid: str = "") -> list[dict[str, Any]]:
+        """The busiest open sessions now (by bytes), as records with cause Start."""
+        n = min(n, 64, DRAIN_BATCH)
+        got = lib.sensor_top_flows(self._h, self._out, n)
+        return [to_record(r, srcid) for r in RECORD.iter_unpack(self._view[: got * RECORD_SIZE])]
+
     def end_all(self, cause: int = 5) -> None:
         """End every open flow (default cause Shutdown); the records come out of the next drains."""
         lib.sensor_end_all(self._h, cause)

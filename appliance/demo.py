@@ -32,6 +32,8 @@ def serve() -> None:
     def http_loop(family: int, addr: str) -> None:
         s = socket.socket(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)   # v4 has its own socket
         s.bind((addr, HTTP_PORT))
         s.listen(16)
         while True:

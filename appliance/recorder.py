@@ -6,6 +6,7 @@ max(packet time, wall clock) live, so idle flows still end on a quiet link).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,11 +15,11 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, capture, service, sysinfo
+from . import __version__, capture, ipfix, service, sysinfo
 from . import config as config_mod
 from .archive import ArchiveWriter
 from .capture import Capture, CaptureError
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 STATUS_ROW_INTERVAL = 60.0     # seconds of recorder clock between sensor_status rows
 STATUS_FILE_INTERVAL = 1.0     # seconds between status.json snapshots (live)
 RATE_HISTORY = 360             # 10-second rate samples kept in status.json: one hour
+TOP_SESSIONS, TOP_SESSIONS_INTERVAL = 20, 5.0   # busiest open sessions, refreshed every 5 s
 DEFAULT_RUNTIME_DIR = "/run/flowtap"
 
 
@@ -78,6 +80,8 @@ class Recorder:
         self.last_status_at: float | None = None
         self.last_status_stats: dict[str, Any] = {}
         self.on_records: list[Callable[[list[dict[str, Any]]], None]] = []   # exporters, streams
+        self.exporter: ipfix.Exporter | None = None     # IPFIX, while recording with [export] collectors
+        self.exported: tuple[str, ...] = ()             # collectors kept out of live capture
 
     def _writer(self, interface: str) -> ArchiveWriter:
         if self.writer is None:
@@ -123,14 +127,31 @@ class Recorder:
         (a truncated or corrupt file still has what could be read recorded)."""
         errors = []
         writer = self._writer(",".join(os.path.basename(p) for p in paths))
-        try:
-            for path in paths:
-                err = self._record_file(path, writer)
-                if err:
-                    errors.append(err)
-        finally:
-            writer.close(self._file_clock or time.time())
+        with self._exporting(lossless=True):
+            try:
+                for path in paths:
+                    err = self._record_file(path, writer)
+                    if err:
+                        errors.append(err)
+            finally:
+                writer.close(self._file_clock or time.time())
         return errors
+
+    @contextlib.contextmanager
+    def _exporting(self, lossless: bool) -> Iterator[None]:
+        """Export records to the [export] collectors while recording (files: lossless, waiting for
+        the sender; live: never waiting, drops counted), then send what is queued and stop."""
+        export = self.config.export
+        if not export.collectors:
+            yield
+            return
+        self.exporter = ipfix.Exporter.from_config(export, self.config.sensor.id, lossless=lossless)
+        self.on_records.append(self.exporter)
+        try:
+            yield
+        finally:
+            self.on_records.remove(self.exporter)
+            self.exporter.close()
 
     _file_clock: float = 0.0
 
@@ -204,16 +225,19 @@ class Recorder:
         name = ",".join(ifaces)
         writer = self._writer(name)
         c = cfg.capture
-        cap = Capture.open_live(ifaces, cfg.flows, c.bpf, c.snaplen, c.ring_bytes, c.promisc,
+        # Never meter our own export traffic: the collectors' traffic is filtered out in the kernel.
+        self.exported = cfg.export.collectors
+        bpf = ipfix.capture_filter(c.bpf, self.exported)
+        cap = Capture.open_live(ifaces, cfg.flows, bpf, c.snaplen, c.ring_bytes, c.promisc,
                                 c.inbound_only)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        log.info("recording %s (bpf %r)", name, c.bpf)
+        log.info("recording %s (bpf %r)", name, bpf)
         service.notify(READY="1", STATUS=f"recording {name}")
         watchdog = _watchdog_interval()
         self.live = LiveState(ifaces)
-        last_watchdog = last_file = 0.0
-        with cap:
+        last_watchdog = last_file = last_top = 0.0
+        with cap, self._exporting(lossless=False):
             fds = cap.filenos()
             while not self.stopping:
                 if self.reload_requested:
@@ -229,6 +253,9 @@ class Recorder:
                 if mono - last_file >= STATUS_FILE_INTERVAL:
                     last_file = mono
                     self.live.sample(cap.stats(), now)
+                    if mono - last_top >= TOP_SESSIONS_INTERVAL:
+                        last_top = mono
+                        self.live.top = cap.top_flows(TOP_SESSIONS, cfg.sensor.id)
                     self.write_status(cap, writer)
                 if watchdog and mono - last_watchdog >= watchdog:
                     last_watchdog = mono
@@ -261,14 +288,15 @@ class Recorder:
         old = self.config
         if new.capture.bpf != old.capture.bpf:
             try:
-                cap.set_filter(new.capture.bpf)
+                cap.set_filter(ipfix.capture_filter(new.capture.bpf, self.exported))
             except CaptureError as exc:
                 log.error("reload: new BPF filter refused, keeping %r: %s", old.capture.bpf, exc)
                 new = config_mod.replace_section(new, "capture", bpf=old.capture.bpf)
         if new.flows != old.flows:
             cap.reconfigure(new.flows)
-        if new.capture.interfaces != old.capture.interfaces or new.archive.dir != old.archive.dir:
-            log.warning("interfaces or archive directory changed: restart the recorder to apply")
+        if (new.capture.interfaces != old.capture.interfaces or new.archive.dir != old.archive.dir
+                or new.export != old.export):
+            log.warning("interfaces, archive directory or export changed: restart the recorder to apply")
         writer.cfg = dataclasses.replace(new.archive, dir=old.archive.dir)
         self.config = new
         log.info("configuration reloaded (digest %s, bpf %r)", new.digest(), new.capture.bpf)
@@ -291,10 +319,12 @@ class Recorder:
             "records": stats["records"], "records_written": writer.records_written,
             "records_lost": writer.records_lost, "write_errors": writer.write_errors,
             "last_error": writer.last_error,
+            "export": self.exporter.stats() if self.exporter else [],
             "pps": self.live.pps, "bps": self.live.bps, "rates": list(self.live.rates),
             "archive": dict(writer.usage(), current=writer.current.path.name if writer.current else None,
                             dir=str(writer.dir)),
             "clock_synced": sysinfo.clock_synchronised(),
+            "top_sessions": self.live.top,
         }
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.runtime_dir / "status.json.tmp"
@@ -308,6 +338,7 @@ class LiveState:
     def __init__(self, interfaces: Sequence[str]):
         self.interfaces = interfaces
         self.state = "recording"
+        self.top: list[dict[str, Any]] = []
         self.pps = self.bps = 0.0
         self.rates: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=RATE_HISTORY)
         self._last: tuple[float, int, int] | None = None

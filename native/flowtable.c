@@ -245,12 +245,13 @@ static uint8_t zeek_state(const ft_flow_t *f)
 }
 
 /* Fill dst from f in initiator order. */
-static void export_flow(ft_table_t *t, const ft_flow_t *f, int cause, sensor_flow_t *dst)
+/* Fill dst from f in initiator order (no side effects: also used for snapshots of open flows). */
+static void fill_record(const ft_flow_t *f, int cause, sensor_flow_t *dst)
 {
     const sensor_flow_t *r = &f->rec;
     int a = f->init, b = f->init ^ 1;
     *dst = *r;
-    dst->seq = ++t->seq;
+    dst->seq = 0;
     dst->cause = (uint8_t)cause;
     for (int i = 0; i < 2; i++) {
         int s = i == 0 ? a : b;
@@ -303,6 +304,13 @@ static void export_flow(ft_table_t *t, const ft_flow_t *f, int cause, sensor_flo
         }
         break;
     }
+}
+
+/* A record leaves the table: numbered and counted. */
+static void export_flow(ft_table_t *t, const ft_flow_t *f, int cause, sensor_flow_t *dst)
+{
+    fill_record(f, cause, dst);
+    dst->seq = ++t->seq;
     t->records++;
 }
 
@@ -911,6 +919,32 @@ size_t ft_drain(ft_table_t *t, sensor_flow_t *out, size_t cap, uint64_t now)
 }
 
 void ft_end_all(ft_table_t *t, int cause) { t->ending_cause = cause; }
+
+size_t ft_top(const ft_table_t *t, sensor_flow_t *out, size_t n)
+{
+    /* Insertion into a short sorted list: n is a page of a status screen, not the table. */
+    uint32_t best[64];
+    uint64_t size[64];
+    size_t have = 0;
+    if (n > 64) n = 64;
+    for (int c = 0; c < FT_CLASSES; c++) {
+        for (uint32_t i = t->lru[c].head; i != FT_NIL; i = t->flows[i].lru_next) {
+            const sensor_flow_t *r = &t->flows[i].rec;
+            uint64_t bytes = r->bytes[0] + r->bytes[1];
+            if (have == n && (n == 0 || bytes <= size[n - 1])) continue;
+            size_t j = have < n ? have++ : n - 1;
+            while (j > 0 && size[j - 1] < bytes) {
+                size[j] = size[j - 1];
+                best[j] = best[j - 1];
+                j--;
+            }
+            size[j] = bytes;
+            best[j] = i;
+        }
+    }
+    for (size_t k = 0; k < have; k++) fill_record(&t->flows[best[k]], SENSOR_CAUSE_START, &out[k]);
+    return have;
+}
 
 void ft_stats(const ft_table_t *t, sensor_stats_t *out)
 {

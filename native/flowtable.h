@@ -24,6 +24,8 @@ size_t ft_ring_free(const ft_table_t *t);
 /* Pending ring records, then flows idle at now_us (and all flows after ft_end_all), into out. */
 size_t ft_drain(ft_table_t *t, sensor_flow_t *out, size_t cap, uint64_t now_us);
 void ft_end_all(ft_table_t *t, int cause);
+/* The (at most 64) open flows with the most bytes so far, biggest first; the table is unchanged. */
+size_t ft_top(const ft_table_t *t, sensor_flow_t *out, size_t n);
 void ft_stats(const ft_table_t *t, sensor_stats_t *out);
 size_t ft_entry_size(void);
 

@@ -323,6 +323,8 @@ size_t sensor_drain(sensor_t *s, sensor_flow_t *out, size_t cap, uint64_t now_us
 
 void sensor_end_all(sensor_t *s, int cause) { ft_end_all(s->ft, cause); }
 
+size_t sensor_top_flows(sensor_t *s, sensor_flow_t *out, size_t n) { return ft_top(s->ft, out, n); }
+
 void sensor_get_stats(sensor_t *s, sensor_stats_t *out)
 {
     *out = s->stats;

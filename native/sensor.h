@@ -168,6 +168,9 @@ size_t sensor_drain(sensor_t *s, sensor_flow_t *out, size_t cap, uint64_t now_us
 /* End every open flow with the given cause; the records then come out of sensor_drain. */
 void sensor_end_all(sensor_t *s, int cause);
 void sensor_get_stats(sensor_t *s, sensor_stats_t *out);
+/* Snapshot of the (at most 64) busiest open flows by bytes, biggest first, cause Start, seq 0.
+ * Walks every open flow: call it every few seconds, not per batch. */
+size_t sensor_top_flows(sensor_t *s, sensor_flow_t *out, size_t n);
 /* Per-source counters (packets seen by this source and its libpcap statistics). */
 typedef struct sensor_source_stats {
     uint64_t packets, bytes;

@@ -70,8 +70,12 @@ class ArchiveError(Exception):
     """An archive could not be written or is not a flowtap archive."""
 
 
+LAST_NAMEABLE = 253_402_300_799.0   # 9999-12-31T23:59:59Z: captures can carry absurd timestamps
+
+
 def archive_name(t: float, suffix: int = 0) -> str:
-    """File name of an archive opened at Unix time t."""
+    """File name of an archive opened at Unix time t (clamped to years 1970-9999)."""
+    t = min(max(t, 0.0), LAST_NAMEABLE)
     stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"flows-{stamp}{f'-{suffix}' if suffix else ''}.sqlite"
 

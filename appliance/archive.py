@@ -159,6 +159,7 @@ class OpenArchive:
     path: Path
     conn: sqlite3.Connection
     period: float
+    records: int = 0                 # records committed to it so far
 
 
 class ArchiveWriter:
@@ -193,6 +194,8 @@ class ArchiveWriter:
         self.records_lost = 0
         self.write_errors = 0
         self.last_error = ""
+        self.failing = False             # the last write failed: retry once per commit interval
+        self.unclosed: list[Path] = []   # archives whose closing failed: tried again after a commit
         self.dir.mkdir(parents=True, exist_ok=True)
         self._insert = (f"INSERT INTO flows ({', '.join(FLOW_NAMES)}) "
                         f"VALUES ({', '.join('?' * len(FLOW_NAMES))})")
@@ -208,21 +211,36 @@ class ArchiveWriter:
     # -- recovery ---------------------------------------------------------------------------------
 
     def recover(self) -> list[Path]:
-        """Close every archive a crash left open (replaying its WAL); returns those recovered."""
+        """Close every archive a crash left open (replaying its WAL); returns those recovered.
+
+        Also finishes what a crash interrupted around an archive's life: one killed while being
+        created (no schema yet, so no records) is removed, and one killed between being marked
+        closed and being made read-only is made read-only.
+        """
         recovered = []
         for path in list_archives(self.dir):
             if not is_closed(path) and path != (self.current and self.current.path):
                 try:
                     conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
-                    state = read_info(conn).get("state")
-                    conn.close()
+                    try:
+                        tables = {name for (name,) in conn.execute(
+                            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                        state = read_info(conn).get("state") if tables else None
+                    finally:
+                        conn.close()
                 except sqlite3.DatabaseError as exc:
                     log.error("archive %s is unreadable, left as it is: %s", path, exc)
                     continue
-                if state == "open":
+                if not tables:
+                    _unlink_archive(path)
+                    log.warning("removed %s: a crash left it empty while it was being created", path.name)
+                elif state == "open":
                     close_archive(path, state="recovered")
                     log.warning("recovered archive %s left open by a crash", path.name)
                     recovered.append(path)
+                elif state in ("closed", "recovered"):
+                    os.chmod(path, 0o444)
+                    log.warning("made %s read-only: a crash came between closing it and that", path.name)
         return recovered
 
     # -- writing ----------------------------------------------------------------------------------
@@ -234,15 +252,20 @@ class ArchiveWriter:
             suffix += 1
         path = self.dir / archive_name(now if suffix else period, suffix)
         conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("BEGIN")
-        _create_schema(conn)
-        _set_info(conn, schema_version=SCHEMA_VERSION, sensor_id=self.sensor_id,
-                  interface=self.interface, config_digest=self.config_digest, opened_at=time.time(),
-                  period_start=period, period_seconds=self.cfg.rotate_interval, state="open",
-                  flowtap_version=__version__)
-        conn.execute("COMMIT")
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN")
+            _create_schema(conn)
+            _set_info(conn, schema_version=SCHEMA_VERSION, sensor_id=self.sensor_id,
+                      interface=self.interface, config_digest=self.config_digest, opened_at=time.time(),
+                      period_start=period, period_seconds=self.cfg.rotate_interval, state="open",
+                      flowtap_version=__version__)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()                # no schema was committed: nothing in the file to keep
+            _unlink_archive(path)
+            raise
         log.info("opened archive %s", path.name)
         return OpenArchive(path, conn, period)
 
@@ -257,7 +280,7 @@ class ArchiveWriter:
         self.pending.extend(tuple(r[n] for n in names) for r in records)
         self.clock = now
         due = time.monotonic() - self.last_commit >= self.cfg.commit_interval
-        if due or len(self.pending) >= self.INSERT_BATCH:
+        if due or (len(self.pending) >= self.INSERT_BATCH and not self.failing):
             self.commit(now)
 
     def add_status(self, row: dict[str, Any]) -> None:
@@ -274,26 +297,37 @@ class ArchiveWriter:
         try:
             if self.current is None:
                 self.current = self._open(now)
-            conn = self.current.conn
-            conn.execute("BEGIN")
-            conn.executemany(self._insert, self.pending)
-            conn.executemany(self._insert_status, self.status_pending)
-            conn.execute("COMMIT")
+            cur = self.current
+            cut = time.time()            # everything queued before this instant is in this commit
+            cur.conn.execute("BEGIN")
+            cur.conn.executemany(self._insert, self.pending)
+            cur.conn.executemany(self._insert_status, self.status_pending)
+            _set_info(cur.conn, records=cur.records + len(self.pending), last_commit_at=cut)
+            cur.conn.execute("COMMIT")
         except (sqlite3.OperationalError, OSError) as exc:
             self._write_failed(exc)
             return
+        cur.records += len(self.pending)
         self.records_written += len(self.pending)
         self.pending.clear()
         self.status_pending.clear()
+        self.failing = False
         self.enforce_retention()
+        for path in list(self.unclosed):
+            self._close(path)
         if self.current and self.current.path.stat().st_size >= self.cfg.size_cap:
             self.rotate(now)
 
     def _write_failed(self, exc: Exception) -> None:
         self.write_errors += 1
+        self.failing = True
         self.last_error = str(exc)
-        log.error("archive write failed (%s); freeing space and keeping %d records queued",
-                  exc, len(self.pending))
+        if is_disk_full(exc):
+            log.error("disk full: cannot write archives in %s (%s); deleting the oldest archives "
+                      "to make room and keeping %d records queued", self.dir, exc, len(self.pending))
+        else:
+            log.error("archive write failed (%s); freeing space and keeping %d records queued",
+                      exc, len(self.pending))
         if self.current is not None:
             try:
                 self.current.conn.execute("ROLLBACK")
@@ -328,19 +362,44 @@ class ArchiveWriter:
                 return                      # commit rotated already, or the disk is refusing writes
         cur, self.current = self.current, None
         cur.conn.close()
-        try:
-            close_archive(cur.path)
-            log.info("closed archive %s", cur.path.name)
-        except (sqlite3.Error, OSError) as exc:
-            log.error("closing %s failed (%s); it will be recovered on the next start", cur.path, exc)
+        self._close(cur.path)
         self.enforce_retention()
 
+    def _close(self, path: Path) -> bool:
+        """Close an archive; on a full disk free space by retention and try once more. One that still
+        cannot be closed stays open (in WAL mode) and is tried again after the next commit."""
+        for attempt in (1, 2):
+            try:
+                close_archive(path)
+            except (sqlite3.Error, OSError) as exc:
+                if attempt == 1 and is_disk_full(exc) and self.enforce_retention(emergency=True, keep=path):
+                    continue
+                log.error("closing %s failed (%s); trying again after the next write", path.name, exc)
+                if path not in self.unclosed:
+                    self.unclosed.append(path)
+                return False
+            log.info("closed archive %s", path.name)
+            if path in self.unclosed:
+                self.unclosed.remove(path)
+            return True
+        return False
+
     def close(self, now: float | None = None) -> None:
-        """Write what is queued and close the open archive (recorder shutdown)."""
+        """Write what is queued and close the open archive (recorder shutdown). Records the disk
+        still refuses are counted in ``records_lost``; an archive that cannot be closed is left for
+        recovery on the next start."""
         now = time.time() if now is None else now
         if self.pending or self.status_pending:
             self.commit(now)
         self.rotate(now)
+        if self.pending or self.status_pending:
+            self.records_lost += len(self.pending)
+            log.error("stopping with %d records not written: %s", len(self.pending), self.last_error)
+            self.pending.clear()
+            self.status_pending.clear()
+            self.rotate(now)
+        for path in list(self.unclosed):
+            self._close(path)
 
     # -- retention --------------------------------------------------------------------------------
 
@@ -361,28 +420,44 @@ class ArchiveWriter:
             return True
         return False
 
-    def enforce_retention(self, emergency: bool = False) -> list[Path]:
-        """Delete the oldest closed archives while over quota or older than max_age.
+    def enforce_retention(self, emergency: bool = False, keep: Path | None = None) -> list[Path]:
+        """Delete the oldest archives no longer written (closed, or whose closing failed) while over
+        quota or older than max_age.
 
-        With emergency (the disk refused a write) at least one closed archive goes, if any exists.
+        With emergency (the disk refused a write) at least one goes, and more until the free space
+        would take the archives still to be written or closed once more (``keep``, the open one and
+        those whose closing failed): room to checkpoint them and to go on writing.
         """
         removed = []
-        open_path = self.current.path if self.current else None
-        closed = [p for p in list_archives(self.dir) if p != open_path and is_closed(p)]
+        busy = {p for p in (keep, self.current and self.current.path) if p}
+        done = [p for p in list_archives(self.dir)
+                if p not in busy and (is_closed(p) or p in self.unclosed)]
         horizon = time.time() - self.cfg.max_age if self.cfg.max_age else None
-        for path in closed:
+        for path in done:
             expired = horizon is not None and path.stat().st_mtime < horizon
-            if not (expired or self._over_quota() or (emergency and not removed)):
+            if not (expired or self._over_quota()
+                    or (emergency and (not removed or self._short_of_room(busy)))):
                 break
             try:
-                for extra in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
-                    extra.unlink(missing_ok=True)
+                _unlink_archive(path)
             except OSError as exc:
                 log.error("retention could not delete %s: %s", path, exc)
                 break
+            if path in self.unclosed:
+                self.unclosed.remove(path)
             removed.append(path)
             log.info("retention deleted %s", path.name)
         return removed
+
+    def _short_of_room(self, busy: set[Path]) -> bool:
+        need = sum(_size(p) for p in busy | set(self.unclosed))
+        return shutil.disk_usage(self.dir).free < need
+
+
+def _unlink_archive(path: Path) -> None:
+    """Delete an archive with its WAL, shared-memory index and rollback journal."""
+    for extra in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        extra.unlink(missing_ok=True)
 
 
 def _size(p: Path) -> int:

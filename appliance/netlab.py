@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 from . import bridge
@@ -71,6 +72,22 @@ class Lab:
             bridge.up(self.bridge, list(self.ports), netns=self.tap)
         except bridge.BridgeError as exc:
             raise LabError(str(exc)) from None
+        self.wait_forwarding()
+
+    def wait_forwarding(self, timeout: float = 5.0) -> None:
+        """Wait until both bridge ports forward (the kernel enables a port on its carrier event).
+
+        :raises LabError: when a port does not forward in time.
+        """
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while True:
+                state = self.run(self.tap, "cat", f"/sys/class/net/{port}/brport/state").stdout.strip()
+                if state == "3":                       # BR_STATE_FORWARDING
+                    break
+                if time.monotonic() > deadline:
+                    raise LabError(f"bridge port {port} is not forwarding (state {state})")
+                time.sleep(0.05)
 
     def close(self) -> None:
         """Delete every namespace this lab created (their links go with them)."""

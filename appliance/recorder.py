@@ -32,6 +32,7 @@ STATUS_FILE_INTERVAL = 1.0     # seconds between status.json snapshots (live)
 RATE_HISTORY = 360             # 10-second rate samples kept in status.json: one hour
 TOP_SESSIONS, TOP_SESSIONS_INTERVAL = 20, 5.0   # busiest open sessions, refreshed every 5 s
 DEFAULT_RUNTIME_DIR = "/run/flowtap"
+RING_BLOCK_TIMEOUT = 0.15      # seconds: the capture's block timeout (capture.native_config) + margin
 
 
 class Progress:
@@ -261,6 +262,7 @@ class Recorder:
                     last_watchdog = mono
                     service.notify(WATCHDOG="1", STATUS=self.live.summary())
             service.notify(STOPPING="1", STATUS="stopping: ending every open session")
+            self._drain_ring(cap)
             cap.end_all(capture.lib.SENSOR_CAUSE_SHUTDOWN)
             now_us = self._emit_live(cap)
             writer.add_status(self.status_row(cap.stats(), now_us / 1e6, name,
@@ -270,6 +272,14 @@ class Recorder:
             self.write_status(cap, writer)
         log.info("stopped; %d records written", writer.records_written)
         return 0
+
+    def _drain_ring(self, cap: Capture) -> None:
+        """Meter the frames still in the capture ring before the final records. The kernel hands a
+        TPACKET_V3 block to libpcap only when it is full or its timeout passed, so frames of the
+        last ~100 ms are not readable yet: wait out one block timeout, then read to the end."""
+        time.sleep(RING_BLOCK_TIMEOUT)
+        while cap.poll() > 0:
+            self._emit_live(cap)
 
     def _emit_live(self, cap: Capture) -> int:
         now_us = max(cap.last_packet_us, int(time.time() * 1e6))

@@ -18,8 +18,8 @@ except ImportError:              # systemd-python is optional off the appliance
 
 
 def under_systemd() -> bool:
-    """True when started by systemd with a journal stream or a notify socket."""
-    return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("NOTIFY_SOCKET"))
+    """True when systemd connected our output to the journal (it sets JOURNAL_STREAM)."""
+    return bool(os.environ.get("JOURNAL_STREAM"))
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 _Static_assert(sizeof(sensor_flow_t) == 208, "sensor_flow_t must stay 208 bytes with no padding");
 _Static_assert(sizeof(((sensor_stats_t *)0)->decode_errors) / sizeof(uint64_t) == SENSOR_DERR_COUNT,
@@ -24,8 +25,21 @@ typedef struct source {
     uint64_t packets, bytes;
 } source_t;
 
+/* Several live sources (bridge member ports) are merged by packet time: their rings hand frames
+ * over in blocks, so a reply on one port can be read before the request on the other. Decoded
+ * packets wait here until they are older than the hold time, then enter the flow table in order. */
+enum { MERGE_CAPACITY = 32768, MERGE_HOLD_US = 250000 };
+
+typedef struct staged {
+    decode_pkt_t pkt;
+    uint64_t ts;
+    uint8_t source;
+} staged_t;
+
 struct sensor {
     source_t src[SENSOR_MAX_SOURCES];
+    staged_t *staged;             /* merge buffer, only with two or more live sources */
+    size_t nstaged;
     int nsrc, live, eof;
     int current;                  /* the source being dispatched (its index tags new flows) */
     uint64_t until_us;            /* poll stops after the first packet at or past this (0 = never) */
@@ -138,10 +152,20 @@ static int add_source(sensor_t *s, const sensor_config_t *cfg, const char *iface
         set_error(errbuf, "%s: %s", iface, pe);
         goto fail;
     }
-    if (bpf && *bpf && (rc = compile_filter(s, p, bpf)) < 0) {
+    /* Always install a kernel filter, even an empty one: libpcap enforces the snaplen on a
+     * TPACKET ring only through the filter, and without it whole frames fill the ring. */
+    if ((rc = compile_filter(s, p, bpf ? bpf : "")) < 0) {
         set_error(errbuf, "%s: %s", iface, s->err);
         pcap_close(p);
         return rc;
+    }
+    if (s->nsrc == 1 && !s->staged) {          /* a second source: merge from now on */
+        s->staged = malloc(MERGE_CAPACITY * sizeof *s->staged);
+        if (!s->staged) {
+            set_error(errbuf, "%s: out of memory for the merge buffer", iface);
+            pcap_close(p);
+            return SENSOR_ENOMEM;
+        }
     }
     s->live = 1;
     s->src[s->nsrc].pcap = p;
@@ -213,6 +237,39 @@ int sensor_reconfigure(sensor_t *s, const sensor_config_t *cfg)
     return SENSOR_OK;
 }
 
+static int by_time(const void *a, const void *b)
+{
+    const staged_t *x = a, *y = b;
+    return x->ts < y->ts ? -1 : x->ts > y->ts ? 1 : 0;
+}
+
+static uint64_t wall_us(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u;
+}
+
+/* Meter staged packets in time order: those older than the hold time, or (force) up to half the
+ * buffer's capacity of the oldest. Stops when the record ring could overflow. Returns how
+ * many entered the flow table. */
+static size_t release(sensor_t *s, int force)
+{
+    if (!s->nstaged) return 0;
+    qsort(s->staged, s->nstaged, sizeof *s->staged, by_time);
+    uint64_t now = wall_us();
+    uint64_t horizon = now > MERGE_HOLD_US ? now - MERGE_HOLD_US : 0;
+    size_t room = ft_ring_free(s->ft) / FT_RECORDS_PER_PACKET;
+    size_t n = 0;
+    while (n < s->nstaged && n < room && (s->staged[n].ts <= horizon || (force && n < MERGE_CAPACITY / 2))) {
+        ft_packet(s->ft, &s->staged[n].pkt, s->staged[n].ts, s->staged[n].source);
+        n++;
+    }
+    memmove(s->staged, s->staged + n, (s->nstaged - n) * sizeof *s->staged);
+    s->nstaged -= n;
+    return n;
+}
+
 static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, uint32_t caplen,
                   uint32_t len)
 {
@@ -226,6 +283,13 @@ static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, u
         return;
     }
     if (p.anomaly) s->stats.decode_errors[p.anomaly - 1]++;   /* metered, but noted */
+    if (s->staged && s->nstaged < MERGE_CAPACITY) {   /* poll_live keeps room for a whole batch */
+        staged_t *st = &s->staged[s->nstaged++];
+        st->pkt = p;
+        st->ts = ts;
+        st->source = (uint8_t)s->current;
+        return;
+    }
     ft_packet(s->ft, &p, ts, (uint8_t)s->current);
 }
 
@@ -290,6 +354,11 @@ static int poll_file(sensor_t *s, int cnt)
 /* Live: every source in turn, each with its share of the budget; never blocks. */
 static int poll_live(sensor_t *s, int cnt)
 {
+    if (s->staged) {
+        release(s, s->nstaged > MERGE_CAPACITY / 2);  /* past half full: make room, in order */
+        size_t space = MERGE_CAPACITY - s->nstaged;
+        if ((size_t)cnt > space) cnt = (int)space;
+    }
     int total = 0, share = cnt / s->nsrc > 0 ? cnt / s->nsrc : 1;
     for (int i = 0; i < s->nsrc && total < cnt; i++) {
         s->current = i;
@@ -302,6 +371,7 @@ static int poll_live(sensor_t *s, int cnt)
         if (rc > 0) total += rc;
     }
     s->current = 0;
+    if (s->staged) return (int)release(s, 0);     /* what entered the flow table */
     return total;
 }
 
@@ -375,6 +445,7 @@ void sensor_close(sensor_t *s)
         pcapng_close(s->src[i].ng);
     }
     ft_destroy(s->ft);
+    free(s->staged);
     free(s);
 }
 

@@ -126,11 +126,14 @@ def _set_info(conn: sqlite3.Connection, **values: Any) -> None:
 
 def _summarise(conn: sqlite3.Connection) -> dict[str, Any]:
     """The contents-derived part of archive_info."""
-    n, first, last = conn.execute("SELECT count(*), min(stime), max(ltime) FROM flows").fetchone()
+    n, first, last, max_dur = conn.execute(
+        "SELECT count(*), min(stime), max(ltime), max(ltime - stime) FROM flows").fetchone()
     rows, drops, synced = conn.execute(
         "SELECT count(*), coalesce(sum(kernel_drops), 0) + coalesce(sum(interface_drops), 0),"
         " min(clock_synced) FROM sensor_status").fetchone()
-    return {"records": n, "first_stime": first, "last_ltime": last, "status_rows": rows,
+    # max_dur bounds how early a record overlapping a -t range can start (query.py uses it).
+    return {"records": n, "first_stime": first, "last_ltime": last, "max_dur": max_dur,
+            "status_rows": rows,
             "drops": drops, "clock_synced": bool(synced) if synced is not None else None}
 
 

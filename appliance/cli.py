@@ -3,8 +3,9 @@
 Argus habits are kept: ``-s f1 f2 f3`` (several values after one flag, also ``-m`` and ``-r``),
 ``-nn``, ``-L0``, and a filter after a lone ``-`` (or ``--``). ``argus_argv`` rewrites such a
 command line into one click parses. Inputs (``-r``) are capture files (metered on the fly with the
-default configuration) and flowtap record streams (``-`` is stdin; ``-w -`` writes one); SQLite
-archives plug in at ``open_records``.
+default configuration), flowtap record streams (``-`` is stdin; ``-w -`` writes one) and SQLite
+archives, files or directories, read through ``query.py`` (filter and ``-t`` in SQL; ``racluster
+-m`` over archives only is a GROUP BY).
 
 Exit status: 0 success (also when nothing matched, unlike ra's 1), 1 an input failed (a truncated
 capture prints every record read, then ``flowtap: FILE: reason``), 2 a usage error or a bad
@@ -22,9 +23,8 @@ from typing import Any, Callable, Iterable, Iterator
 import click
 
 from . import fields as _fields
-from . import filter as _filter
 from . import output as _output
-from .cluster import Clusterer, parse_keys
+from . import fastpath as _fastpath
 
 VALUE_OPTS = ("-r", "-s", "-m", "-M", "-c", "-L", "-N", "-t", "-Z", "-w")
 MULTI_OPTS = ("-r", "-s", "-m", "-M")
@@ -35,6 +35,12 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 class SourceError(Exception):
     """An input that cannot be read as records."""
+
+
+# Handles a whole capture file without yielding records: (path, stats_out); may raise CaptureError.
+Direct = Callable[[str, dict], None]
+# Merges every input in one go (racluster in SQL): (paths, selection, errors) -> records or None.
+Merged = Callable[[tuple[str, ...], "Selection", list[str]], "Iterable[dict] | None"]
 
 
 def _continues(opt: str, tok: str) -> bool:
@@ -103,6 +109,10 @@ class Selection:
 
         :raises click.exceptions.Exit: code 2 after printing a one-line error.
         """
+        if not filter_words and not time_range:
+            return cls()                # select everything; the filter module is not loaded
+        from . import filter as _filter
+
         try:
             ast = _filter.parse(" ".join(filter_words))
         except _filter.FilterError as e:
@@ -122,20 +132,41 @@ def _fail(message: str, code: int) -> None:
 
 
 def open_archive(path: str, selection: Selection) -> Iterator[dict]:
-    """Records of a flowtap SQLite archive (or a directory of them): not readable yet.
+    """Records of a flowtap SQLite archive, or of a directory of them, that pass ``selection``.
 
-    Issue 3 plugs the archive reader in here; it should apply ``filter.compile_sql(selection.ast)``
-    with ``filter.register_sql_functions`` on the connection instead of filtering in Python.
+    The filter and ``-t`` range run as parameterised SQL (``query.read_records``), so the
+    records need no filtering in Python.
+
+    :raises SourceError: the archive cannot be read (after the records of readable files).
     """
-    raise SourceError("reading flowtap archives is not supported yet")
+    from . import query
+
+    try:
+        yield from query.read_records(path, selection.ast)
+    except query.QueryError as e:
+        raise SourceError(str(e)) from None
 
 
-def _capture_records(path: str, stats: dict[str, Any]) -> Iterator[dict]:
+def is_archive(path: str) -> bool:
+    """True for a directory (of archives) or a file that starts as an SQLite database."""
+    if os.path.isdir(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _capture_records(path: str, stats: dict[str, Any], direct: Direct | None = None) -> Iterator[dict]:
     from .capture import CaptureError, meter_file   # the native module loads only when needed
 
     got: dict[str, Any] = {}
     try:
-        yield from meter_file(path, stats_out=got)
+        if direct is None:
+            yield from meter_file(path, stats_out=got)
+        else:
+            direct(path, got)                       # prints or counts the records itself
     except CaptureError as e:
         raise SourceError(str(e)) from None
     finally:
@@ -156,19 +187,23 @@ def _stream_records(path: str) -> Iterator[dict]:
         yield from _output.read_stream(f, path)
 
 
-def open_records(path: str, selection: Selection, stats: dict[str, Any]) -> Iterator[dict]:
+def open_records(path: str, selection: Selection, stats: dict[str, Any],
+                 direct: Direct | None = None) -> Iterator[dict]:
     """Yield the records of one input that pass ``selection``, whatever kind the input is.
 
     ``-`` is a record stream on stdin; a file is sniffed: a record stream (``-w`` output), a
     SQLite archive or directory (``open_archive``), else a capture file metered with the default
-    configuration (meter counters are added to ``stats``).
+    configuration (meter counters are added to ``stats``). With ``direct``, a capture file is
+    handed to ``direct(path, stats_out)`` instead and yields no records (``_run`` passes it only
+    when nothing would select among them).
 
     :raises SourceError: the input cannot be read, or fails part way (after its records).
     """
+    keep = selection.keep
     if path == "-":
         records: Iterable[dict] = _stream_records(path)
     elif os.path.isdir(path):
-        records = open_archive(path, selection)
+        records, keep = open_archive(path, selection), None
     else:
         try:
             with open(path, "rb") as f:
@@ -176,27 +211,26 @@ def open_records(path: str, selection: Selection, stats: dict[str, Any]) -> Iter
         except OSError as e:
             raise SourceError(e.strerror or str(e)) from None
         if head == SQLITE_MAGIC:
-            records = open_archive(path, selection)
+            records, keep = open_archive(path, selection), None
         elif head.startswith(b'{"flowtap"'):
             records = _stream_records(path)
         else:
-            records = _capture_records(path, stats)
-    keep = selection.keep
+            records = _capture_records(path, stats, direct)
     try:
         for r in records:
-            if keep(r):
+            if keep is None or keep(r):
                 yield r
     except _output.StreamError as e:
         raise SourceError(str(e).removeprefix(f"{path}: ")) from None
 
 
 def read_inputs(paths: Iterable[str], selection: Selection, stats: dict[str, Any],
-                errors: list[str]) -> Iterator[dict]:
+                errors: list[str], direct: Direct | None = None) -> Iterator[dict]:
     """Chain the records of every input; a failing input adds a line to ``errors`` and the
     next input is read."""
     for path in paths:
         try:
-            yield from open_records(path, selection, stats)
+            yield from open_records(path, selection, stats, direct)
         except SourceError as e:
             errors.append(f"{path}: {e}")
 
@@ -232,7 +266,8 @@ def read_options(fn: Callable) -> Callable:
     """The options ra, racluster and rasort share (Argus names and meanings)."""
     opts = [
         click.option("-r", "paths", multiple=True, metavar="PATH",
-                     help="Input: capture file, record stream file, or - (stdin). Repeatable; "
+                     help="Input: archive file or directory, capture file, record stream file, "
+                          "or - (stdin). Repeatable; "
                           "several may follow one -r. Default: stdin."),
         click.option("-s", "field_items", multiple=True, metavar="FIELD",
                      help="Fields to print (Argus -s: f1 f2 ..., +f adds, -f removes, f:width)."),
@@ -285,9 +320,21 @@ def _open_output(write: str | None):
         _fail(f"{write}: {e.strerror}", 1)
 
 
+def _count_capture(path: str, stats_out: dict[str, Any], counted: list[int]) -> None:
+    """Meter a capture file and add its record count to counted[0] (no records are built)."""
+    from .capture import meter_file_raw
+
+    for n in meter_file_raw(path, stats_out=stats_out, count_only=True):
+        counted[0] += n
+
+
 def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], Iterable[dict]]
-         | None = None) -> None:
-    """Read, select, optionally transform (cluster, sort), then print or count."""
+         | None = None, merged: Merged | None = None) -> None:
+    """Read, select, optionally transform (cluster, sort), then print or count.
+
+    ``merged(paths, selection, errors)`` may stand in for reading and transforming (racluster in
+    SQL); when it returns None the inputs are read and transformed as usual.
+    """
     modes = _check_modes(command, o["modes"])
     fields = _usage(lambda: _fields.parse_field_list(o["field_items"]))
     if o["delimiter"] is not None:
@@ -296,23 +343,41 @@ def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], 
     selection = Selection.build(o["filter_words"], o["time_range"])
     stats: dict[str, Any] = {}
     errors: list[str] = []
-    records: Iterable[dict] = read_inputs(o["paths"] or ("-",), selection, stats, errors)
-    if side == "i" and (skip or stop is not None):
-        records = itertools.islice(records, skip, stop)
-    if transform is not None:
-        records = transform(records)
-    if side == "o" and (skip or stop is not None):
-        records = itertools.islice(records, skip, stop)
+    # Nothing selects among the records of a capture file: count them or print them in C.
+    plain = (selection.ast is None and transform is None and merged is None and not skip
+             and stop is None)
+    direct: Direct | None = None
+    counted = [0]
     if o["quiet"]:
-        n = sum(1 for _ in records)
-        click.echo(f"packets {stats.get('packets', 0)} records {n} "
-                   f"evicted {stats.get('evicted', 0)} errors {stats.get('errors', 0)}", err=True)
+        if plain and _fastpath.enabled():
+            direct = lambda path, got: _count_capture(path, got, counted)
     else:
         out, owned = _open_output(o["write"])
         opts = _fields.FormatOptions(numeric=o["numeric"], utime=o["utime"], zflags=o["zflags"],
                                      delimited=o["delimiter"] is not None)
-        writer = _output.make_writer(out, fields, opts, o["delimiter"], o["label_every"],
-                                     json_lines="json" in modes, stream=o["write"] is not None)
+        fast = None
+        if plain and o["write"] is None and "json" not in modes:
+            fast = _fastpath.TextFast.create(out, fields, opts, o["delimiter"], o["label_every"])
+        if fast is not None:
+            writer, direct = fast.writer, fast.write_capture
+        else:
+            writer = _output.make_writer(out, fields, opts, o["delimiter"], o["label_every"],
+                                         json_lines="json" in modes, stream=o["write"] is not None)
+    records: Iterable[dict] = read_inputs(o["paths"] or ("-",), selection, stats, errors, direct)
+    if side == "i" and (skip or stop is not None):
+        records = itertools.islice(records, skip, stop)
+    sql_merged = merged(o["paths"] or ("-",), selection, errors) if merged is not None else None
+    if sql_merged is not None:
+        records = sql_merged                        # the inputs above are never read
+    elif transform is not None:
+        records = transform(records)
+    if side == "o" and (skip or stop is not None):
+        records = itertools.islice(records, skip, stop)
+    if o["quiet"]:
+        n = sum(1 for _ in records) + counted[0]
+        click.echo(f"packets {stats.get('packets', 0)} records {n} "
+                   f"evicted {stats.get('evicted', 0)} errors {stats.get('errors', 0)}", err=True)
+    else:
         try:
             for r in records:
                 writer.write(r)
@@ -369,6 +434,8 @@ Example:
 def racluster(keys: tuple[str, ...], **o: Any) -> None:
     """Merge records of the same flow (or of any -m key), like Argus racluster."""
     modes = _check_modes("racluster", o["modes"])
+    from .cluster import Clusterer, parse_keys
+
     parsed = _usage(lambda: parse_keys(keys)) if keys else None
     correct = True if "correct" in modes else False if "nocorrect" in modes else None
 
@@ -377,8 +444,18 @@ def racluster(keys: tuple[str, ...], **o: Any) -> None:
         for r in records:
             c.add(r)
         return c.results()
+
+    def in_sql(paths: tuple[str, ...], selection: Selection, errors: list[str]) -> Iterable[dict] | None:
+        # -m keys over archives only, no reversal, no input-side -N: GROUP BY in SQL.
+        spec = o["count_spec"]
+        if (parsed is None or correct or (spec and not spec.startswith("o"))
+                or not all(is_archive(p) for p in paths)):
+            return None
+        from . import query
+        return query.cluster_archives(paths, parsed, selection.ast, norep="norep" in modes,
+                                      errors=errors)
     o["modes"] = tuple(m for m in o["modes"] if m == "json")
-    _run("racluster", o, merge)
+    _run("racluster", o, merge, in_sql)
 
 
 @cli.command(cls=ArgusCommand, context_settings=CONTEXT, epilog="""\b
@@ -424,6 +501,7 @@ def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple
     corrupt capture still has everything that could be read recorded (exit status 1).
     """
     from . import config as _config
+    from .ipfix import ExportError, parse_collector
     from .recorder import Recorder
 
     def load() -> _config.Config:
@@ -431,8 +509,12 @@ def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple
                                 data_dir=data_dir, exports=exports)
     try:
         cfg = load()
+        for url in cfg.export.collectors:
+            parse_collector(url)
     except _config.ConfigError as e:
         _fail(f"config: {e}", 2)
+    except ExportError as e:
+        _fail(f"config: export.collectors: {e}", 2)
     if check_config:
         click.echo(f"config ok (digest {cfg.digest()})")
         return
@@ -451,7 +533,7 @@ def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple
     from .capture import CaptureError
     try:
         status = rec.record_live()
-    except CaptureError as e:
+    except (CaptureError, ExportError) as e:
         _fail(str(e), 1)
     raise click.exceptions.Exit(status)
 
@@ -533,6 +615,46 @@ def demo(data_dir: str, runtime_dir: str, web_listen: str) -> None:
     from . import demo as _demo
     has_web = "web" in cli.commands
     raise click.exceptions.Exit(_demo.run(data_dir, runtime_dir, web_listen if has_web and web_listen else None))
+
+
+@cli.command(context_settings=CONTEXT, epilog="""\b
+Example:
+  flowtap web -c /etc/flowtap/flowtap.toml
+  flowtap web --listen 127.0.0.1:8080 --data-dir /tmp/flowtap-demo --runtime-dir /tmp/flowtap-demo/run""")
+@click.option("-c", "config_path", metavar="CONFIG", help="TOML config the page shows and edits "
+              "(default /etc/flowtap/flowtap.toml).")
+@click.option("--listen", metavar="HOST:PORT", help="Serve here (default: web.listen of the config).")
+@click.option("--data-dir", metavar="DIR", help="Archives in DIR/archive, the page's own files in DIR/web "
+              "(default: beside archive.dir).")
+@click.option("--runtime-dir", metavar="DIR", help="Where the recorder's status.json is (default /run/flowtap).")
+def web(config_path: str | None, listen: str | None, data_dir: str | None, runtime_dir: str | None) -> None:
+    """Serve the admin web page (dashboard, search, archives, configuration) through waitress.
+
+    On first start it prints a one-time setup token (also stored, readable by its owner only, in
+    the web directory) that the first visitor exchanges for the admin password.
+    """
+    import waitress
+
+    from . import config as _config
+    from .web import create_app
+    _logging(verbose=False)
+    try:
+        app = create_app(config_path=config_path, data_dir=data_dir, runtime_dir=runtime_dir)
+    except _config.ConfigError as e:
+        _fail(f"config: {e}", 2)
+    listen = listen or app.config["FLOWTAP"].web.listen
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    creds = app.extensions["flowtap_auth"]
+    if not creds.configured:
+        token, _ = creds.setup_token()
+        click.echo(f"flowtap web: no admin password yet; setup token: {token}", color=False)
+        sys.stdout.flush()
+    # A streaming download blocks its thread once 1 MiB waits for the client, rather than spooling
+    # the rest to a temporary file: memory and flash writes stay flat.
+    waitress.serve(app, listen=listen, threads=4, ident="flowtap", max_request_body_size=1 << 20,
+                   outbuf_high_watermark=1 << 20, clear_untrusted_proxy_headers=True)
 
 
 def _logging(verbose: bool) -> None:

@@ -20,6 +20,10 @@ void ft_destroy(ft_table_t *t);                    /* NULL-safe */
 void ft_configure(ft_table_t *t, const sensor_config_t *cfg);
 /* Meter one decoded packet seen at ts_us. Needs FT_RECORDS_PER_PACKET free ring slots. */
 void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts_us, uint8_t ifindex);
+/* Meter up to FT_BATCH packets in order, exactly as n ft_packet calls would, overlapping the cache
+ * misses of their hash-chain and entry lookups. Needs n * FT_RECORDS_PER_PACKET free ring slots. */
+enum { FT_BATCH = 64 };
+void ft_packets(ft_table_t *t, const decode_pkt_t *p, const uint64_t *ts, size_t n, uint8_t ifindex);
 size_t ft_ring_free(const ft_table_t *t);
 /* Pending ring records, then flows idle at now_us (and all flows after ft_end_all), into out. */
 size_t ft_drain(ft_table_t *t, sensor_flow_t *out, size_t cap, uint64_t now_us);

@@ -114,15 +114,33 @@ static int put_str(wbuf_t *w, const char *s)
     return put(w, s, strlen(s));
 }
 
+static const char DIGITS2[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* v's decimal digits, ending just before end; returns where they start. */
+static char *digits(char *end, uint64_t v)
+{
+    while (v >= 100) {
+        end -= 2;
+        memcpy(end, DIGITS2 + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10) {
+        end -= 2;
+        memcpy(end, DIGITS2 + 2 * v, 2);
+    } else {
+        *--end = (char)('0' + v);
+    }
+    return end;
+}
+
 static int put_u64(wbuf_t *w, uint64_t v)
 {
     char tmp[20];
-    size_t i = sizeof tmp;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return put(w, tmp + i, sizeof tmp - i);
+    char *start = digits(tmp + sizeof tmp, v);
+    return put(w, start, (size_t)(tmp + sizeof tmp - start));
 }
 
 /* Python's f"{v / 1e6:.6f}" (negated when neg) for a count of microseconds. */
@@ -131,19 +149,17 @@ static int put_us(wbuf_t *w, int neg, uint64_t v)
     char tmp[64];
     size_t i = sizeof tmp;
     if (v < US_EXACT) {
-        uint64_t sec = v / 1000000, frac = v % 1000000;
-        for (int k = 0; k < 6; k++) {
-            tmp[--i] = (char)('0' + frac % 10);
-            frac /= 10;
+        uint32_t frac = (uint32_t)(v % 1000000);
+        for (int k = 0; k < 3; k++) {
+            i -= 2;
+            memcpy(tmp + i, DIGITS2 + 2 * (frac % 100), 2);
+            frac /= 100;
         }
         tmp[--i] = '.';
-        do {
-            tmp[--i] = (char)('0' + sec % 10);
-            sec /= 10;
-        } while (sec);
+        char *start = digits(tmp + i, v / 1000000);
         if (neg)
-            tmp[--i] = '-';
-        return put(w, tmp + i, sizeof tmp - i);
+            *--start = '-';
+        return put(w, start, (size_t)(tmp + sizeof tmp - start));
     }
     double d = (double)v / 1e6;
     int k = snprintf(tmp, sizeof tmp, "%.6f", neg ? -d : d);
@@ -187,9 +203,18 @@ static int put_addr(wbuf_t *w, const sensor_flow_t *r, int side)
 {
     const uint8_t *a = r->addr[side];
     char tmp[64];
-    if (r->addr_type == SENSOR_ADDR_IP4) {
-        int k = snprintf(tmp, sizeof tmp, "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
-        return put(w, tmp, (size_t)k);
+    if (r->addr_type == SENSOR_ADDR_IP4) {     /* inet_ntop's "%u.%u.%u.%u" */
+        size_t n = 0;
+        for (int i = 0; i < 4; i++) {
+            unsigned v = a[i];
+            if (v >= 100)
+                tmp[n++] = (char)('0' + v / 100);
+            if (v >= 10)
+                tmp[n++] = (char)('0' + v / 10 % 10);
+            tmp[n++] = (char)('0' + v % 10);
+            tmp[n++] = '.';
+        }
+        return put(w, tmp, n - 1);
     }
     if (r->addr_type == SENSOR_ADDR_IP6) {
         if (!inet_ntop(AF_INET6, a, tmp, sizeof tmp))

@@ -10,8 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/random.h>
 #include <time.h>
+
+enum { FILE_BUFFER = 64 * 1024 };
 
 _Static_assert(sizeof(sensor_flow_t) == 208, "sensor_flow_t must stay 208 bytes with no padding");
 _Static_assert(sizeof(((sensor_stats_t *)0)->decode_errors) / sizeof(uint64_t) == SENSOR_DERR_COUNT,
@@ -20,6 +23,7 @@ _Static_assert(sizeof(((sensor_stats_t *)0)->decode_errors) / sizeof(uint64_t) =
 /* One packet source: a libpcap handle (file or live interface), or our pcapng reader. */
 typedef struct source {
     pcap_t *pcap;
+    char *filebuf;                /* stdio buffer of a capture file (freed after pcap_close) */
     pcapng_reader_t *ng;          /* own reader for pcapng files with mixed link types */
     int linktype;
     uint64_t packets, bytes;
@@ -45,6 +49,9 @@ struct sensor {
     uint64_t until_us;            /* poll stops after the first packet at or past this (0 = never) */
     int reached;                  /* that packet has been seen */
     ft_table_t *ft;
+    decode_pkt_t batch[FT_BATCH]; /* decoded packets not yet metered (flushed before poll returns) */
+    uint64_t batch_ts[FT_BATCH];
+    int nbatch;
     sensor_stats_t stats;
     char err[SENSOR_ERRBUF_SIZE];
 };
@@ -102,8 +109,18 @@ int sensor_open_file(const sensor_config_t *cfg, const char *path, char *errbuf,
         if (pcapng_open(path, &src->ng, errbuf, SENSOR_ERRBUF_SIZE) < 0) goto fail;
     } else {
         char pe[PCAP_ERRBUF_SIZE] = "";
-        src->pcap = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_MICRO, pe);
+        /* libpcap reads through stdio, 4 KiB (st_blksize) per read(2) by default: one syscall per
+         * few packets. A 64 KiB buffer (still L2-sized) cuts the file read's CPU by about a third. */
+        FILE *fp = fopen(path, "rb");
+        if (!fp) {
+            set_error(errbuf, "%s: %s", path, strerror(errno));
+            goto fail;
+        }
+        src->filebuf = malloc(FILE_BUFFER);
+        if (src->filebuf) setvbuf(fp, src->filebuf, _IOFBF, FILE_BUFFER);
+        src->pcap = pcap_fopen_offline_with_tstamp_precision(fp, PCAP_TSTAMP_PRECISION_MICRO, pe);
         if (!src->pcap) {
+            fclose(fp);                       /* pcap_fopen_offline leaves fp open on failure */
             set_error(errbuf, "%s", pe);
             goto fail;
         }
@@ -253,6 +270,14 @@ static uint64_t wall_us(void)
 /* Meter staged packets in time order: those older than the hold time, or (force) up to half the
  * buffer's capacity of the oldest. Stops when the record ring could overflow. Returns how
  * many entered the flow table. */
+/* Meter the decoded packets still in the batch (end of every dispatch, so between sensor_* calls
+ * the table has seen every packet read). */
+static void flush(sensor_t *s)
+{
+    if (s->nbatch) ft_packets(s->ft, s->batch, s->batch_ts, (size_t)s->nbatch, (uint8_t)s->current);
+    s->nbatch = 0;
+}
+
 static size_t release(sensor_t *s, int force)
 {
     if (!s->nstaged) return 0;
@@ -276,21 +301,22 @@ static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, u
     s->stats.packets++;
     s->stats.bytes += len;
     if (ts > s->stats.last_packet_us) s->stats.last_packet_us = ts;
-    decode_pkt_t p;
-    int rc = decode_packet(linktype, data, caplen, len, &p);
+    decode_pkt_t *p = &s->batch[s->nbatch];
+    int rc = decode_packet(linktype, data, caplen, len, p);
     if (rc < 0) {
         s->stats.decode_errors[-1 - rc]++;
         return;
     }
-    if (p.anomaly) s->stats.decode_errors[p.anomaly - 1]++;   /* metered, but noted */
+    if (p->anomaly) s->stats.decode_errors[p->anomaly - 1]++;   /* metered, but noted */
     if (s->staged && s->nstaged < MERGE_CAPACITY) {   /* poll_live keeps room for a whole batch */
         staged_t *st = &s->staged[s->nstaged++];
-        st->pkt = p;
+        st->pkt = *p;
         st->ts = ts;
         st->source = (uint8_t)s->current;
         return;
     }
-    ft_packet(s->ft, &p, ts, (uint8_t)s->current);
+    s->batch_ts[s->nbatch++] = ts;
+    if (s->nbatch == FT_BATCH) flush(s);
 }
 
 static void on_packet(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
@@ -336,8 +362,13 @@ static int poll_pcapng(sensor_t *s, pcapng_reader_t *ng, int cnt)
 static int poll_file(sensor_t *s, int cnt)
 {
     source_t *src = &s->src[0];
-    if (src->ng) return poll_pcapng(s, src->ng, cnt);
+    if (src->ng) {
+        int n = poll_pcapng(s, src->ng, cnt);
+        flush(s);
+        return n;
+    }
     int rc = pcap_dispatch(src->pcap, cnt, on_packet, (u_char *)s);
+    flush(s);
     if (rc == PCAP_ERROR) {
         set_error(s->err, "%s", pcap_geterr(src->pcap));
         s->eof = 1;
@@ -363,6 +394,7 @@ static int poll_live(sensor_t *s, int cnt)
     for (int i = 0; i < s->nsrc && total < cnt; i++) {
         s->current = i;
         int rc = pcap_dispatch(s->src[i].pcap, share, on_packet, (u_char *)s);
+        flush(s);                 /* a batch holds packets of one source only */
         if (rc == PCAP_ERROR) {
             set_error(s->err, "%s", pcap_geterr(s->src[i].pcap));
             s->current = 0;
@@ -441,7 +473,8 @@ void sensor_close(sensor_t *s)
 {
     if (!s) return;
     for (int i = 0; i < s->nsrc; i++) {
-        if (s->src[i].pcap) pcap_close(s->src[i].pcap);
+        if (s->src[i].pcap) pcap_close(s->src[i].pcap);   /* fcloses a file's FILE */
+        free(s->src[i].filebuf);
         pcapng_close(s->src[i].ng);
     }
     ft_destroy(s->ft);

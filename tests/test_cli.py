@@ -213,12 +213,13 @@ def test_unreadable_inputs_fail_with_the_reason(runner, pcaps_dir, pcap):
     assert missing.stderr == "flowtap: /nonexistent/x.pcap: No such file or directory\n"
 
 
-def test_archives_are_refused_until_supported(runner, tmp_path):
+def test_a_foreign_sqlite_file_is_refused(runner, tmp_path):
+    # Archives themselves: tests/test_query.py.
     import sqlite3
     db = tmp_path / "a.sqlite"
     sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.close()
     result = run(runner, "ra", "-r", str(db))
-    assert result.exit_code == 1 and "not supported yet" in result.stderr
+    assert result.exit_code == 1 and "not a flowtap archive" in result.stderr
 
 
 def test_console_entry_point():

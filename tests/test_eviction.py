@@ -63,24 +63,18 @@ def long_lived() -> list[g.Session]:
 
 
 def run_measured(argv: list[str]) -> tuple[int, int, str, str]:
-    """Run argv to completion: (exit code, peak RSS KiB from os.wait4, stdout, stderr).
+    """Run argv to completion: (exit code, peak RSS KiB of the command itself, stdout, stderr).
 
-    ru_maxrss also covers this process's pages at spawn (vfork), so it is an upper bound.
+    GNU time reports the command's own peak (ru_maxrss of os.wait4 would also count the pages of
+    this test process at fork time, which grow with whatever else pytest has loaded).
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as peak:
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv],
+                              stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=RUN_TIMEOUT_S)
         out.seek(0)
         err.seek(0)
-        return proc.returncode, usage.ru_maxrss, out.read().decode(), err.read().decode()
+        return proc.returncode, int(peak.read().split()[-1]), out.read().decode(), err.read().decode()
 
 
 def summary(stderr: str) -> dict[str, int]:

@@ -158,10 +158,12 @@ def _validate_semantics(cfg: Config) -> None:
     host, sep, port = cfg.web.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"web.listen: must be HOST:PORT, got {cfg.web.listen!r}")
-    if not cfg.sensor.id or len(cfg.sensor.id) > 64 or any(c.isspace() for c in cfg.sensor.id):
-        raise ConfigError(f"sensor.id: must be 1 to 64 characters without spaces, got {cfg.sensor.id!r}")
+    if not cfg.sensor.id or len(cfg.sensor.id) > 64 or not cfg.sensor.id.isprintable() \
+            or any(c.isspace() for c in cfg.sensor.id):
+        raise ConfigError(f"sensor.id: must be 1 to 64 printable characters without spaces, "
+                          f"got {cfg.sensor.id!r}")
     for iface in cfg.capture.interfaces:
-        if len(iface) > 15 or "/" in iface or any(c.isspace() for c in iface):
+        if len(iface) > 15 or "/" in iface or not iface.isprintable() or any(c.isspace() for c in iface):
             raise ConfigError(f"capture.interfaces: {iface!r} is not an interface name")
 
 
@@ -228,9 +230,11 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     if path is None and not p.exists():
         return Config()
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: {exc}") from None
     return from_dict(data)

@@ -204,11 +204,15 @@ _KEYWORDS = (set(_PROTO_WORDS) | set(_FAMILY_WORDS) | set(_DIRS) | _TYPES | set(
                                                  "man", "state", "cause", "srcid", "ether", "frag"})
 
 
+MAX_DEPTH = 100          # parentheses and nots: deeper filters are refused, not recursed into
+
+
 class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.toks = _lex(text)
         self.i = 0
+        self.depth = 0                                   # parentheses and nots around the cursor
         self.last: Callable[[_Tok], Any] | None = None   # builds a primitive from a bare id
 
     # token helpers
@@ -240,26 +244,31 @@ class _Parser:
         return node
 
     def expr(self) -> Any:
-        node = self.unary()
+        depth = self.depth
+        node = self.unary(depth)
         while self.at("and", "&&", "or", "||"):
             op = self.next("an operator").text.lower()
-            right = self.unary()
+            right = self.unary(depth)
             node = And(node, right) if op in ("and", "&&") else Or(node, right)
         return node
 
-    def unary(self) -> Any:
+    def unary(self, depth: int = 0) -> Any:
         tok = self.peek()
         if tok is None:
             raise FilterError("expected a primitive, got end of filter", len(self.text) + 1)
+        if depth > MAX_DEPTH:
+            raise FilterError(f"filter nested more than {MAX_DEPTH} levels deep", tok.pos)
         if tok.text.lower() in ("not", "!"):
             self.i += 1
-            return Not(self.unary())
+            return Not(self.unary(depth + 1))
         if tok.text == "(":
             self.i += 1
+            self.depth = depth + 1
             node = self.expr()
             close = self.next("')'")
             if close.text != ")":
                 raise FilterError(f"expected ')', got {close.text!r}", close.pos)
+            self.depth = depth
             return node
         return self.primitive()
 
@@ -450,11 +459,13 @@ class _Parser:
 
 
 def _number(text: str) -> int | float | None:
+    """The number a token spells (SQLite's signed 64-bit range), or None."""
     for base in (10, 0):
         try:
-            return int(text, base)
+            value = int(text, base)
         except ValueError:
-            pass
+            continue
+        return value if -(1 << 63) <= value < (1 << 63) else None
     try:
         value = float(text)
     except ValueError:
@@ -524,6 +535,11 @@ def parse(text: str | Sequence[str]) -> Any:
     """
     if not isinstance(text, str):
         text = " ".join(text)
+    for pos, ch in enumerate(text, 1):
+        # Control characters and undecodable argv bytes (lone surrogates) are never part of a
+        # filter; refusing them here keeps them away from getservbyname and SQLite.
+        if (ch < " " and ch not in "\t\n") or "\ud800" <= ch <= "\udfff" or ch == "\x7f":
+            raise FilterError(f"character {ch!r} is not allowed in a filter", pos)
     return _Parser(text).parse()
 
 
@@ -556,15 +572,27 @@ def in_net(addr: str | None, net: str) -> bool:
     return a[0] == version and (a[1] & mask) == base
 
 
+def _operands(node: Any) -> list[Any]:
+    """The operands of a chain of one operator (a or b or c ...), without recursion: a list of 300
+    hosts must not nest 300 levels deep in the compiled Python or SQL."""
+    kind, out, stack = type(node), [], [node]
+    while stack:
+        n = stack.pop()
+        if type(n) is kind:
+            stack += [n.right, n.left]
+        else:
+            out.append(n)
+    return out
+
+
 def _py(node: Any, consts: list[Any]) -> str:
     def const(v: Any) -> str:
         consts.append(v)
         return f"_c{len(consts) - 1}"
 
-    if isinstance(node, And):
-        return f"({_py(node.left, consts)} and {_py(node.right, consts)})"
-    if isinstance(node, Or):
-        return f"({_py(node.left, consts)} or {_py(node.right, consts)})"
+    if isinstance(node, (And, Or)):
+        word = " and " if isinstance(node, And) else " or "
+        return "(" + word.join(_py(n, consts) for n in _operands(node)) + ")"
     if isinstance(node, Not):
         return f"(not {_py(node.expr, consts)})"
     if isinstance(node, Const):
@@ -588,8 +616,8 @@ def _py(node: Any, consts: list[Any]) -> str:
 def _check_keys(node: Any) -> None:
     """Refuse any column name that is not in the field whitelist (defence for SQL)."""
     if isinstance(node, (And, Or)):
-        _check_keys(node.left)
-        _check_keys(node.right)
+        for n in _operands(node):
+            _check_keys(n)
     elif isinstance(node, Not):
         _check_keys(node.expr)
     elif isinstance(node, (Compare, OneOf, InNet, HasFlag)) and node.key not in _fields.WHITELIST:
@@ -614,10 +642,9 @@ def compile_predicate(ast: Any) -> Callable[[dict], bool]:
 # --- compilation: SQL -------------------------------------------------------------------------
 
 def _sql(node: Any, params: list[Any]) -> str:
-    if isinstance(node, And):
-        return f"({_sql(node.left, params)} AND {_sql(node.right, params)})"
-    if isinstance(node, Or):
-        return f"({_sql(node.left, params)} OR {_sql(node.right, params)})"
+    if isinstance(node, (And, Or)):
+        word = " AND " if isinstance(node, And) else " OR "
+        return "(" + word.join(_sql(n, params) for n in _operands(node)) + ")"
     if isinstance(node, Not):
         return f"(NOT {_sql(node.expr, params)})"
     if isinstance(node, Const):

@@ -5,9 +5,9 @@ parses/loads or raises FilterError/ConfigError, never another exception; a parse
 the same records through its Python predicate and its SQL form. Inputs are built from the
 language's own words (so most of them parse) mixed with arbitrary text.
 
-The ``test_known_*`` cases reproduce bugs the fuzzers found that are not fixed yet; they are
-``xfail(strict=True)``, so the fix makes them fail until their entry in ``common.KNOWN`` (which the
-fuzzers use to keep going past them) and their xfail marks are removed.
+The ``test_known_*`` cases reproduce the bugs the fuzzers found (F1-F5, C1 in bench/RESULTS.md);
+all are fixed, so these are plain regression tests now (``common.KNOWN`` is empty; it was what the
+fuzzers used to keep going past them).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ filter_texts = st.one_of(
 @SETTINGS
 @given(text=filter_texts)
 def test_filter_parses_or_filter_error_and_both_forms_agree(conn, text):
-    common.check_filter(text, conn, tolerate_known=True)
+    common.check_filter(text, conn, tolerate_known=False)
 
 
 @SETTINGS
@@ -88,7 +88,7 @@ def test_config_file_loads_or_config_error(data):
             text = common.toml_text(data)
         except (TypeError, ValueError):
             return
-        common.check_config_bytes(text.encode("utf-8", "surrogatepass"), scratch, tolerate_known=True)
+        common.check_config_bytes(text.encode("utf-8", "surrogatepass"), scratch, tolerate_known=False)
     finally:
         scratch.close()
 
@@ -98,7 +98,7 @@ def test_config_file_loads_or_config_error(data):
 def test_config_arbitrary_bytes_load_or_config_error(raw):
     scratch = common.ConfigFile()
     try:
-        common.check_config_bytes(raw, scratch, tolerate_known=True)
+        common.check_config_bytes(raw, scratch, tolerate_known=False)
     finally:
         scratch.close()
 
@@ -119,33 +119,26 @@ def _run_filter(conn, text):
     common.check_filter(text, conn)
 
 
-@pytest.mark.xfail(raises=OverflowError, strict=True, reason="BUG-F1: int beyond 64 bits reaches sqlite3")
 def test_known_filter_int_overflow(conn):
     _run_filter(conn, "pkts gt 99999999999999999999")
 
 
-@pytest.mark.xfail(raises=UnicodeEncodeError, strict=True, reason="BUG-F2: lone surrogate reaches sqlite3")
 def test_known_filter_surrogate(conn):
     _run_filter(conn, "srcid \udcff")
 
 
-@pytest.mark.xfail(raises=(sqlite3.OperationalError, SyntaxError), strict=True,
-                   reason="BUG-F3: a 100-term or-chain overflows SQLite's parser stack")
 def test_known_filter_long_or_chain(conn):
     _run_filter(conn, " or ".join(f"host 10.0.0.{i}" for i in range(100)))
 
 
-@pytest.mark.xfail(raises=RecursionError, strict=True, reason="BUG-F4: deep parentheses recurse past the limit")
 def test_known_filter_deep_parentheses(conn):
     _run_filter(conn, "(" * 1000 + "tcp" + ")" * 1000)
 
 
-@pytest.mark.xfail(raises=ValueError, strict=True, reason="BUG-F5: NUL in a port name reaches getservbyname")
 def test_known_filter_port_name_nul(conn):
     _run_filter(conn, "port h\x00ttp")    # fixed: FilterError, check_filter returns, XPASS
 
 
-@pytest.mark.xfail(raises=UnicodeDecodeError, strict=True, reason="BUG-C1: a non-UTF-8 config file")
 def test_known_config_not_utf8(tmp_path):
     path = tmp_path / "flowtap.toml"
     path.write_bytes(b"[sensor]\nid = \"\xff\"\n")

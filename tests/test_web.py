@@ -608,7 +608,7 @@ def test_config_save_without_a_recorder(admin, config_path):
     ("flows.timeout_udp", "1.5", "flows.timeout_udp: must be a whole number"),
     ("archive.min_free_percent", "95", "archive.min_free_percent: must be a number from 0 to 90"),
     ("archive.min_free_percent", "nan", "archive.min_free_percent: must be a number"),
-    ("sensor.id", "two words", "sensor.id: must be 1 to 64 characters without spaces"),
+    ("sensor.id", "two words", "sensor.id: must be 1 to 64 printable characters without spaces"),
     ("sensor.id", "", "sensor.id: must be 1 to 64"),
     ("capture.interfaces", "a/b", "capture.interfaces: &#39;a/b&#39; is not an interface name"),
     ("capture.bpf", "tcp prt 80", "capture.bpf: can&#39;t parse filter expression"),

@@ -40,3 +40,15 @@ bench: build
 clean:
 	rm -rf $(VENV) build *.egg-info appliance/_native*.so appliance/_native.c appliance/_native.o
 	$(MAKE) -C tests/native clean
+
+# Install on this machine (Debian 12 / Raspberry Pi OS, as root): venv in /opt/flowtap, units,
+# users, default config, services enabled and started. NETWORK=1 also makes br0 from eth0 + eth1.
+# Example: sudo make install NETWORK=1
+.PHONY: install image
+install:
+	./image/install.sh $(if $(NETWORK),--network)
+
+# The Raspberry Pi image (arm64) into image/out/; ARGS for image/build.sh, e.g.
+# make image ARGS="--flavour debian" or ARGS="--arch amd64 --rootfs-only" (image/README.md).
+image:
+	./image/build.sh $(ARGS) $(or $(OUT),image/out)

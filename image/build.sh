@@ -256,12 +256,12 @@ find "$ROOT" "$DATA" -xdev -newermt "@$SOURCE_DATE_EPOCH" -exec touch -h -d "@$S
 
 mib() { echo $(( ($1 + 1048575) / 1048576 )); }
 BOOT_MIB=512
-ROOT_MIB=$(( $(mib "$(du -sb --exclude=./boot/firmware "$ROOT" | cut -f1)") * 13 / 10 + 256 ))
 DATA_MIB=256                    # grown to the rest of the card on first boot
 export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 mkfs.vfat -F 32 -n BOOTFS -i "$DISKID" -C "$WORK/boot.img" $((BOOT_MIB * 1024)) >/dev/null
 mcopy -s -m -i "$WORK/boot.img" "$ROOT"/boot/firmware/* ::
-rm -rf "${ROOT:?}/boot/firmware/"*
+rm -rf "${ROOT:?}/boot/firmware/"*          # a mount point on the appliance
+ROOT_MIB=$(( $(mib "$(du -sb "$ROOT" | cut -f1)") * 13 / 10 + 256 ))
 ROOT_UUID=$(printf '%s' "root-$SOURCE_DATE_EPOCH" | sha256sum | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/')
 DATA_UUID=$(printf '%s' "data-$SOURCE_DATE_EPOCH" | sha256sum | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/')
 mkfs.ext4 -q -L rootfs -U "$ROOT_UUID" -E "hash_seed=$ROOT_UUID,root_owner=0:0" -d "$ROOT" "$WORK/root.img" "${ROOT_MIB}M"

@@ -15,7 +15,7 @@ import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -489,13 +489,3 @@ def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
         conn.close()
         raise ArchiveError(f"{p}: not a flowtap archive ({exc})") from None
     return conn
-
-
-def rows_to_records(cursor: sqlite3.Cursor, names: Sequence[str]) -> Iterable[dict[str, Any]]:
-    """Rows of a flows query → record dicts with the derived totals added."""
-    for row in cursor:
-        rec = dict(zip(names, row))
-        rec["pkts"] = rec["spkts"] + rec["dpkts"]
-        rec["bytes"] = rec["sbytes"] + rec["dbytes"]
-        rec["appbytes"] = rec["sappbytes"] + rec["dappbytes"]
-        yield rec

@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import netlab
 from .netlab import Lab
 
 HTTP_PORT, DNS_PORT = 8080, 5353
@@ -143,13 +144,7 @@ def run(data_dir: str, runtime_dir: str, web_listen: str | None = None) -> int:
                     print(f"demo: {doc['packets']:,} packets, {doc['records_written']:,} records written, "
                           f"{doc['flows_active']} sessions open, {doc['pps']:.0f} packets/s")
         finally:
-            for p in reversed(procs):
-                p.send_signal(signal.SIGTERM)
-            for p in reversed(procs):
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            netlab.stop(procs)
     print(f"demo: stopped; archives are in {data_dir}/archive")
     return 0
 

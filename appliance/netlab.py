@@ -109,3 +109,15 @@ class Lab:
     def popen(self, ns: str, *args: str, **kw) -> subprocess.Popen:
         """Start a command inside a namespace."""
         return subprocess.Popen(self.cmd(ns, *args), **kw)
+
+
+def stop(procs: list[subprocess.Popen], timeout: float = 15) -> None:
+    """SIGTERM every process (newest first), wait for each, kill what does not stop in time."""
+    for p in reversed(procs):
+        p.terminate()
+    for p in reversed(procs):
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import sqlite3
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import archive, capture, config, recorder
+from appliance import archive, capture, config, query, recorder
 from appliance.archive import ArchiveWriter, FLOW_NAMES
 
 CAPTURES = ["large/pcpp-example.pcap", "large/pcpp-many-protocols.pcap", "large/nfstream-tor.pcapng",
@@ -27,12 +26,8 @@ def make_config(tmp_path: Path, **archive_kw) -> config.Config:
 
 
 def archived_records(directory: Path) -> list[dict]:
-    rows = []
-    for path in archive.list_archives(directory):
-        with archive.open_readonly(path) as conn:
-            cur = conn.execute(f"SELECT {', '.join(FLOW_NAMES)} FROM flows ORDER BY rowid")
-            rows.extend(archive.rows_to_records(cur, FLOW_NAMES))
-    return rows
+    """Every record of a directory of archives, read the way `flowtap ra -r DIR` reads them."""
+    return list(query.read_records(directory))
 
 
 def stored(rec: dict) -> tuple:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance import netlab
 from appliance.netlab import Lab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,14 +105,8 @@ def sensor(tmp_path):
             wait_for(lambda: (run / "status.json").exists(), 20, "the recorder's status.json")
             yield base, token.group(1), {"data": data, "cfg": cfg, "run": run, "tmp": tmp_path}
         finally:
-            for p in reversed(procs):
-                p.send_signal(signal.SIGTERM)
-            for p in reversed(procs):
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            netlab.stop(procs)
+            for p in procs:
                 if p.stdout:
                     p.stdout.close()
             for log in logs:

@@ -2,14 +2,17 @@
 
 Packets never reach Python. Each loop iteration polls the C core for a batch of packets, drains the
 finished records into one preallocated array and unpacks them with one precompiled struct format.
+The recorder does not even unpack them: ``ArchiveStore`` inserts packed records from C.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import socket
+import sqlite3
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .config import Config, FlowsConfig
@@ -183,6 +186,17 @@ class Capture:
             if n < DRAIN_BATCH:
                 return
 
+    def drain_packed(self, now_us: int) -> list[bytes]:
+        """Finished records as packed sensor_flow_t bytes, one per record (ArchiveStore's input)."""
+        out: list[bytes] = []
+        while True:
+            n = lib.sensor_drain(self._h, self._out, DRAIN_BATCH, now_us)
+            if n:
+                blob = bytes(self._view[: n * RECORD_SIZE])
+                out.extend(blob[i:i + RECORD_SIZE] for i in range(0, len(blob), RECORD_SIZE))
+            if n < DRAIN_BATCH:
+                return out
+
     def drain_count(self, now_us: int) -> int:
         """Drain finished records and only count them (for metering without output)."""
         total = 0
@@ -340,6 +354,56 @@ def to_record(r: tuple, srcid: str) -> dict[str, Any]:
                                      dport if ported else None) if sip else None,
         "sintf": ifindex,
     }
+
+
+class ArchiveStore:
+    """Inserts packed records into one archive's ``flows`` from C (native/store.c), with exactly
+    the values :func:`to_record` gives them, on a connection of its own.
+
+    appliance/archive.py owns the schema and the transactions: ``execute("BEGIN IMMEDIATE")``,
+    :meth:`insert`, :meth:`set_info`, ``execute("COMMIT")``. Failures raise
+    ``sqlite3.OperationalError`` with SQLite's message (``errno`` set from the OS when it has one).
+
+    :raises sqlite3.OperationalError: when the file cannot be opened as an archive.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], srcid: str):
+        err = ffi.new("char[]", lib.SENSOR_ERRBUF_SIZE)
+        out = ffi.new("sensor_store_t **")
+        if lib.sensor_store_open(os.fsencode(path), srcid.encode(), err, out) < 0:
+            raise sqlite3.OperationalError(ffi.string(err).decode(errors="replace"))
+        self._h = out[0]
+
+    def _check(self, rc: int) -> None:
+        if rc:
+            exc = sqlite3.OperationalError(ffi.string(lib.sensor_store_error(self._h)).decode(errors="replace"))
+            exc.errno = lib.sensor_store_system_errno(self._h)   # type: ignore[attr-defined]
+            raise exc
+
+    def execute(self, sql: str) -> None:
+        """Run a statement without parameters or rows (BEGIN IMMEDIATE, COMMIT, ROLLBACK)."""
+        self._check(lib.sensor_store_exec(self._h, sql.encode()))
+
+    def insert(self, packed: bytes) -> None:
+        """Insert the records in ``packed`` (concatenated sensor_flow_t, as ``drain_packed``)."""
+        n = len(packed) // RECORD_SIZE
+        if n:
+            self._check(lib.sensor_store_insert(self._h, ffi.from_buffer("sensor_flow_t[]", packed), n))
+
+    def set_info(self, key: str, json_value: str) -> None:
+        """INSERT OR REPLACE one ``archive_info`` row."""
+        self._check(lib.sensor_store_set_info(self._h, key.encode(), json_value.encode()))
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._h is not None:
+            lib.sensor_store_close(self._h)
+            self._h = None
+
+
+def unpack_records(packed: Iterable[bytes], srcid: str) -> list[dict[str, Any]]:
+    """Record dicts of packed records (for exporters fed by the recorder)."""
+    return [to_record(RECORD.unpack(p), srcid) for p in packed]
 
 
 def meter_file(path: str, config: Config | None = None,

@@ -93,13 +93,14 @@ class Recorder:
         return self.writer
 
     def _emit(self, cap: Capture, now_us: int) -> int:
-        srcid = self.config.sensor.id
-        recs = [capture.to_record(r, srcid) for r in cap.drain_raw(now_us)]
+        packed = cap.drain_packed(now_us)
         assert self.writer is not None
-        self.writer.add(recs, now=now_us / 1e6)
-        for hook in self.on_records:
-            hook(recs)
-        return len(recs)
+        self.writer.add_packed(packed, now=now_us / 1e6)
+        if self.on_records and packed:      # dicts only for exporters: the archive needs none
+            recs = capture.unpack_records(packed, self.config.sensor.id)
+            for hook in self.on_records:
+                hook(recs)
+        return len(packed)
 
     def status_row(self, stats: dict[str, Any], now: float, interface: str,
                    clock_synced: bool | None) -> dict[str, Any]:

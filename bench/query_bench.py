@@ -7,7 +7,7 @@
 2. An archive set of 10 M records in 10 hourly files, built fast: the rows of the recorded
    archive copied by SQL five times per hour with shifted times and source addresses (the first
    octet of IPv4 clients; servers stay, so a server is busy in every hour), into files
-   made from appliance.archive's schema (FLOW_COLUMNS, INDEXES, archive_info summary and closing
+   made from appliance.archive's schema (FLOW_COLUMNS, OPEN_INDEXES and CLOSE_INDEXES, archive_info summary and closing
    by archive.close_archive). Then ``flowtap ra -t RANGE -r DIR - host X`` (the flows_stime and
    address indexes) against the same command forced to a full scan (``NOT INDEXED``: the CLI with
    ``query.read_records`` patched to ``indexed=False``) and against no ``-t``; with the EXPLAIN QUERY
@@ -154,7 +154,7 @@ def build_set(seed: Path, out: Path) -> Path:
             k = hour * COPIES + copy
             conn.execute(insert, {"dt": T0 + hour * 3600 + copy * step - first, "dseq": k * n,
                                   "k": k + 1})
-        for name, target in archive.INDEXES:
+        for name, target in archive.OPEN_INDEXES + archive.CLOSE_INDEXES:
             conn.execute(f"CREATE INDEX {name} ON {target}")
         archive._set_info(conn, schema_version=archive.SCHEMA_VERSION, sensor_id="bench",
                           interface="query_bench", config_digest="", opened_at=time.time(),

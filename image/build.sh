@@ -144,7 +144,7 @@ else
     # so the C extension and systemd-python are built against the target's libraries. The
     # compiler stays in the builder; the image never gets one.
     say "building wheels in a $ARCH builder tree (qemu-user-static)"
-    base_tree builder "build-essential pkg-config python3-dev python3-venv libpcap-dev libsystemd-dev ca-certificates" "$WORK/builder"
+    base_tree builder "build-essential pkg-config python3-dev python3-venv libpcap-dev libsqlite3-dev libsystemd-dev ca-certificates" "$WORK/builder"
     cp -a "$WORK/src" "$WORK/builder/tmp/src"
     # The builder trusts the certificates this host trusts (e.g. a proxy's CA) for PyPI; the
     # builder is thrown away and nothing of it reaches the image.
@@ -159,7 +159,7 @@ fi
 find "$WHEELS" -name '*.whl' -printf '  wheel: %f\n' | sort >&2
 
 # --- 2. the root file system ----------------------------------------------------------------------
-RUNTIME="python3 python3-venv libpcap0.8 systemd iproute2 procps"
+RUNTIME="python3 python3-venv libpcap0.8 libsqlite3-0 systemd iproute2 procps"
 if [ "$ROOTFS_ONLY" = 1 ]; then
     ROOT=$OUT
     [ ! -e "$ROOT" ] || [ -z "$(ls -A "$ROOT")" ] || die "$ROOT exists and is not empty"

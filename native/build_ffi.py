@@ -8,7 +8,7 @@ import pathlib
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["sensor.c", "decode.c", "flowtable.c", "pcapng.c", "siphash.c", "format.c"]
+SOURCES = ["sensor.c", "decode.c", "flowtable.c", "pcapng.c", "siphash.c", "format.c", "store.c", "sha1.c"]
 
 
 def cdef_text() -> str:
@@ -25,7 +25,7 @@ ffibuilder.set_source(
     # setuptools insists on paths relative to setup.py's folder (the project root).
     sources=[f"native/{name}" for name in SOURCES],
     include_dirs=["native"],
-    libraries=["pcap"],
+    libraries=["pcap", "sqlite3"],
     extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE"]
     + (["-Werror"] if os.environ.get("FLOWTAP_WERROR") else []),
 )

@@ -9,7 +9,7 @@
  * Numbers: Python prints `v / 1e6` with "%.6f". Below 2^32 seconds the double nearest to v/1e6 is
  * within 2.4e-7 of it, so correct rounding to 6 decimals gives v's own digits and we print those;
  * larger values go through snprintf on the same double (glibc rounds exactly, as Python does). */
-#include "sensor.h"
+#include "format.h"
 
 #include <arpa/inet.h>
 #include <stddef.h>
@@ -40,12 +40,12 @@ typedef struct clock_cache {
 } clock_cache_t;
 
 /* Names, as appliance/capture.py and appliance/fields.py spell them. */
-static const char *const CAUSES[] = {"Start", "Status", "Stop", "Timeout", "Evict", "Shutdown"};
-static const char *const STATES[] = {"", "REQ", "ACC", "CON", "INT", "FIN", "RST", "CLO", ""};
-static const char *const DIRS[] = {"   ->", "  <->", "   <-", "  <?>", "   ?>", "  who"}; /* rjust(5) */
-static const char *const CONN_STATES[] = {"", "S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR",
-                                          "RSTOS0", "RSTRH", "SH", "SHR", "OTH"};
-static const char TCP_FLAG_LETTERS[] = "FSRPAUEC";     /* capture.py, bit 0 (FIN) to bit 7 (CWR) */
+const char *const FT_CAUSES[6] = {"Start", "Status", "Stop", "Timeout", "Evict", "Shutdown"};
+const char *const FT_STATES[9] = {"", "REQ", "ACC", "CON", "INT", "FIN", "RST", "CLO", ""};
+const char *const FT_DIRS[6] = {"   ->", "  <->", "   <-", "  <?>", "   ?>", "  who"};
+const char *const FT_CONN_STATES[14] = {"", "S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR",
+                                        "RSTOS0", "RSTRH", "SH", "SHR", "OTH"};
+const char FT_TCP_FLAG_LETTERS[] = "FSRPAUEC";   /* capture.py, bit 0 (FIN) to bit 7 (CWR) */
 static const char ARGUS_FLAG_LETTERS[] = "FSRPAU78";   /* fields.py's -Z order, same bits */
 static const char HEX[] = "0123456789abcdef";
 
@@ -199,76 +199,98 @@ static int put_clock(wbuf_t *w, uint64_t v, clock_cache_t *cache)
     return put(w, tmp, sizeof tmp);
 }
 
-static int put_addr(wbuf_t *w, const sensor_flow_t *r, int side)
+size_t ft_addr_text(const sensor_flow_t *r, int side, char out[64])
 {
     const uint8_t *a = r->addr[side];
-    char tmp[64];
     if (r->addr_type == SENSOR_ADDR_IP4) {     /* inet_ntop's "%u.%u.%u.%u" */
         size_t n = 0;
         for (int i = 0; i < 4; i++) {
             unsigned v = a[i];
             if (v >= 100)
-                tmp[n++] = (char)('0' + v / 100);
+                out[n++] = (char)('0' + v / 100);
             if (v >= 10)
-                tmp[n++] = (char)('0' + v / 10 % 10);
-            tmp[n++] = (char)('0' + v % 10);
-            tmp[n++] = '.';
+                out[n++] = (char)('0' + v / 10 % 10);
+            out[n++] = (char)('0' + v % 10);
+            out[n++] = '.';
         }
-        return put(w, tmp, n - 1);
+        return n - 1;
     }
-    if (r->addr_type == SENSOR_ADDR_IP6) {
-        if (!inet_ntop(AF_INET6, a, tmp, sizeof tmp))
-            return FMT_PYTHON;
-        return put_str(w, tmp);
+    if (r->addr_type == SENSOR_ADDR_IP6)
+        return inet_ntop(AF_INET6, a, out, 64) ? strlen(out) : 0;
+    ft_mac_text(a, out);                         /* a MAC, as bytes.hex(":") */
+    return 17;
+}
+
+void ft_mac_text(const uint8_t m[6], char out[17])
+{
+    for (int i = 0; i < 6; i++) {
+        out[3 * i] = HEX[m[i] >> 4];
+        out[3 * i + 1] = HEX[m[i] & 15];
+        if (i < 5)
+            out[3 * i + 2] = ':';
     }
-    for (int i = 0; i < 6; i++) {                /* a MAC, as bytes.hex(":") */
-        tmp[3 * i] = HEX[a[i] >> 4];
-        tmp[3 * i + 1] = HEX[a[i] & 15];
-        tmp[3 * i + 2] = ':';
-    }
-    return put(w, tmp, 17);
+}
+
+size_t ft_flag_letters(uint8_t bits, const char *letters, char out[8])
+{
+    size_t n = 0;
+    for (int i = 0; i < 8; i++)
+        if (bits >> i & 1)
+            out[n++] = letters[i];
+    return n;
+}
+
+void ft_flgs_text(const sensor_flow_t *r, char out[9])
+{
+    int has_mac = 0;
+    for (int i = 0; i < 6; i++)
+        has_mac |= r->mac[0][i] | r->mac[1][i];
+    memset(out, ' ', 9);
+    if (r->flgs & (SENSOR_FLG_VLAN | SENSOR_FLG_MPLS | SENSOR_FLG_PPPOE))
+        out[1] = '*';
+    else if (has_mac)
+        out[1] = 'e';
+    if (r->flgs & SENSOR_FLG_ICMP_UNREACH)
+        out[2] = 'U';
+    if (r->flgs & SENSOR_FLG_FRAG_ORPHAN)
+        out[4] = 'f';
+    else if (r->flgs & SENSOR_FLG_FRAG)
+        out[4] = 'F';
+    if (r->flgs & SENSOR_FLG_GAP)
+        out[5] = 'g';
+    if (r->flgs & SENSOR_FLG_RETRANS)
+        out[6] = 's';
+}
+
+static int put_addr(wbuf_t *w, const sensor_flow_t *r, int side)
+{
+    char tmp[64];
+    size_t n = ft_addr_text(r, side, tmp);
+    return n ? put(w, tmp, n) : FMT_PYTHON;
 }
 
 static int put_mac(wbuf_t *w, const uint8_t *m)
 {
     char tmp[17];
-    for (int i = 0; i < 6; i++) {
-        tmp[3 * i] = HEX[m[i] >> 4];
-        tmp[3 * i + 1] = HEX[m[i] & 15];
-        if (i < 5)
-            tmp[3 * i + 2] = ':';
-    }
+    ft_mac_text(m, tmp);
     return put(w, tmp, sizeof tmp);
 }
 
 static int put_flags(wbuf_t *w, uint8_t bits, const char *letters)
 {
     char tmp[8];
-    size_t n = 0;
-    for (int i = 0; i < 8; i++)
-        if (bits >> i & 1)
-            tmp[n++] = letters[i];
-    return put(w, tmp, n);
+    return put(w, tmp, ft_flag_letters(bits, letters, tmp));
 }
 
 /* --- values ------------------------------------------------------------------------------- */
 
-/* What to_record derives from the raw fields, once per record. */
-typedef struct facts {
-    int ip;              /* not a MAC-addressed (non-IP) flow */
-    int sip;             /* IP and not ARP: tos/ttl apply */
-    int ported;          /* sport/dport are printed */
-    int ether;           /* proto holds an ethertype (fields.is_ether_proto) */
-} facts_t;
-
-/* 1 if Python's to_record accepts the record and prints it the way this file does. */
-static int record_ok(const sensor_flow_t *r, facts_t *f)
+int ft_record_facts(const sensor_flow_t *r, facts_t *f)
 {
     if (r->addr_type != SENSOR_ADDR_IP4 && r->addr_type != SENSOR_ADDR_IP6
         && r->addr_type != SENSOR_ADDR_MAC)
         return 0;
-    if (r->cause >= sizeof CAUSES / sizeof CAUSES[0] || r->dir >= sizeof DIRS / sizeof DIRS[0]
-        || r->state >= sizeof STATES / sizeof STATES[0])
+    if (r->cause >= sizeof FT_CAUSES / sizeof FT_CAUSES[0] || r->dir >= sizeof FT_DIRS / sizeof FT_DIRS[0]
+        || r->state >= sizeof FT_STATES / sizeof FT_STATES[0])
         return 0;
     f->ip = r->addr_type != SENSOR_ADDR_MAC;
     f->sip = f->ip && r->proto != 0x0806;
@@ -276,7 +298,7 @@ static int record_ok(const sensor_flow_t *r, facts_t *f)
                 || r->proto == 58;
     f->ether = r->proto > 255 || (r->proto == 0 && !f->ip);
     if (r->proto == 6 && f->ip) {
-        if (r->conn_state >= sizeof CONN_STATES / sizeof CONN_STATES[0])
+        if (r->conn_state >= sizeof FT_CONN_STATES / sizeof FT_CONN_STATES[0])
             return 0;
         size_t n = sizeof r->history;
         while (n && r->history[n - 1] == '\0')
@@ -288,8 +310,10 @@ static int record_ok(const sensor_flow_t *r, facts_t *f)
     return 1;
 }
 
-static const char *icmp_state(const sensor_flow_t *r)
+const char *ft_state_text(const sensor_flow_t *r)
 {
+    if (r->state != SENSOR_STATE_ICMP)
+        return FT_STATES[r->state];
     if (r->proto == 1) {
         if (r->port[0] == 3)
             return lookup(ICMP4_UNREACH, r->icmp_code, "UNR");
@@ -329,7 +353,7 @@ static int put_state(wbuf_t *w, const sensor_flow_t *r, int zflags)
             rc = put(w, "_", 1);
         return rc == FMT_OK ? put_flags(w, r->tcpflags[1], ARGUS_FLAG_LETTERS) : rc;
     }
-    return put_str(w, r->state == SENSOR_STATE_ICMP ? icmp_state(r) : STATES[r->state]);
+    return put_str(w, ft_state_text(r));
 }
 
 static int put_sum(wbuf_t *w, uint64_t a, uint64_t b)
@@ -344,7 +368,7 @@ static int put_field(wbuf_t *w, const sensor_flow_t *r, const facts_t *f,
     switch (field) {
     case SENSOR_FIELD_SRCID: return put(w, spec->srcid, spec->srcid_len);
     case SENSOR_FIELD_SEQ: return put_u64(w, r->seq);
-    case SENSOR_FIELD_CAUSE: return put_str(w, CAUSES[r->cause]);
+    case SENSOR_FIELD_CAUSE: return put_str(w, FT_CAUSES[r->cause]);
     case SENSOR_FIELD_STIME:
         return utime ? put_us(w, 0, r->stime_us) : put_clock(w, r->stime_us, cache);
     case SENSOR_FIELD_LTIME:
@@ -355,24 +379,8 @@ static int put_field(wbuf_t *w, const sensor_flow_t *r, const facts_t *f,
     case SENSOR_FIELD_TRANS: return put(w, "1", 1);
     case SENSOR_FIELD_FLGS: {
         /* capture._flgs, then .rstrip().ljust(10 with -c, else 9): the cut part was blanks. */
-        int has_mac = 0;
-        for (int i = 0; i < 6; i++)
-            has_mac |= r->mac[0][i] | r->mac[1][i];
-        char t[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-        if (r->flgs & (SENSOR_FLG_VLAN | SENSOR_FLG_MPLS | SENSOR_FLG_PPPOE))
-            t[1] = '*';
-        else if (has_mac)
-            t[1] = 'e';
-        if (r->flgs & SENSOR_FLG_ICMP_UNREACH)
-            t[2] = 'U';
-        if (r->flgs & SENSOR_FLG_FRAG_ORPHAN)
-            t[4] = 'f';
-        else if (r->flgs & SENSOR_FLG_FRAG)
-            t[4] = 'F';
-        if (r->flgs & SENSOR_FLG_GAP)
-            t[5] = 'g';
-        if (r->flgs & SENSOR_FLG_RETRANS)
-            t[6] = 's';
+        char t[10] = {[9] = ' '};
+        ft_flgs_text(r, t);
         return put(w, t, spec->flags & SENSOR_FMT_DELIMITED ? 10 : 9);
     }
     case SENSOR_FIELD_PROTO:
@@ -389,7 +397,7 @@ static int put_field(wbuf_t *w, const sensor_flow_t *r, const facts_t *f,
     case SENSOR_FIELD_DADDR: return put_addr(w, r, 1);
     case SENSOR_FIELD_SPORT: return put_port(w, r, f, spec->numeric, r->port[0]);
     case SENSOR_FIELD_DPORT: return put_port(w, r, f, spec->numeric, r->port[1]);
-    case SENSOR_FIELD_DIR: return put(w, DIRS[r->dir], 5);
+    case SENSOR_FIELD_DIR: return put(w, FT_DIRS[r->dir], 5);
     case SENSOR_FIELD_SPKTS: return put_u64(w, r->pkts[0]);
     case SENSOR_FIELD_DPKTS: return put_u64(w, r->pkts[1]);
     case SENSOR_FIELD_PKTS: return put_sum(w, r->pkts[0], r->pkts[1]);
@@ -410,8 +418,8 @@ static int put_field(wbuf_t *w, const sensor_flow_t *r, const facts_t *f,
     case SENSOR_FIELD_DVLAN: return r->vlan[1] == 0xFFFF ? FMT_OK : put_u64(w, r->vlan[1]);
     case SENSOR_FIELD_SMPLS: return r->mpls[0] == 0xFFFFFFFFu ? FMT_OK : put_u64(w, r->mpls[0]);
     case SENSOR_FIELD_DMPLS: return r->mpls[1] == 0xFFFFFFFFu ? FMT_OK : put_u64(w, r->mpls[1]);
-    case SENSOR_FIELD_SFLAGS: return put_flags(w, r->tcpflags[0], TCP_FLAG_LETTERS);
-    case SENSOR_FIELD_DFLAGS: return put_flags(w, r->tcpflags[1], TCP_FLAG_LETTERS);
+    case SENSOR_FIELD_SFLAGS: return put_flags(w, r->tcpflags[0], FT_TCP_FLAG_LETTERS);
+    case SENSOR_FIELD_DFLAGS: return put_flags(w, r->tcpflags[1], FT_TCP_FLAG_LETTERS);
     case SENSOR_FIELD_SYNACK: return put_us(w, 0, r->synack_us);
     case SENSOR_FIELD_ACKDAT: return put_us(w, 0, r->ackdat_us);
     case SENSOR_FIELD_TCPRTT: return put_us(w, 0, (uint64_t)r->synack_us + r->ackdat_us);
@@ -424,7 +432,7 @@ static int put_field(wbuf_t *w, const sensor_flow_t *r, const facts_t *f,
     case SENSOR_FIELD_DMAXSZ: return put_u64(w, r->maxsz[1]);
     case SENSOR_FIELD_DMINSZ: return put_u64(w, r->minsz[1]);
     case SENSOR_FIELD_CONN_STATE:
-        return r->proto == 6 && f->ip ? put_str(w, CONN_STATES[r->conn_state]) : FMT_OK;
+        return r->proto == 6 && f->ip ? put_str(w, FT_CONN_STATES[r->conn_state]) : FMT_OK;
     case SENSOR_FIELD_HISTORY:
         return r->proto == 6 && f->ip ? put(w, r->history, strnlen(r->history, sizeof r->history))
                                       : FMT_OK;
@@ -459,7 +467,7 @@ static int put_line(wbuf_t *w, const sensor_flow_t *r, const sensor_format_spec_
                     clock_cache_t *cache)
 {
     facts_t f;
-    if (!record_ok(r, &f))
+    if (!ft_record_facts(r, &f))
         return FMT_PYTHON;
     char *line = w->p;
     int rc = FMT_OK;

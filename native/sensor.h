@@ -16,7 +16,8 @@ enum {
     SENSOR_EPCAP = -3,      /* libpcap refused to open or activate */
     SENSOR_EINVAL = -4,     /* bad argument or configuration value */
     SENSOR_EFILE = -5,      /* capture file truncated or corrupt after some packets */
-    SENSOR_EFILTER = -6     /* BPF expression did not compile */
+    SENSOR_EFILTER = -6,    /* BPF expression did not compile */
+    SENSOR_ESTORE = -7      /* SQLite could not open an archive (store.c): errbuf says why */
 };
 
 /* Why a record left the flow table (the `cause` column). */
@@ -242,6 +243,23 @@ typedef struct sensor_format_spec {
  * longer than cap). */
 size_t sensor_format(const sensor_flow_t *recs, size_t n, const sensor_format_spec_t *spec,
                      char *out, size_t cap, size_t *used);
+
+/* --- Archive rows (store.c): records inserted into an archive's flows table without Python objects.
+ * appliance/archive.py owns schema, transactions and errors; a handle is one SQLite connection. */
+typedef struct sensor_store sensor_store_t;    /* opaque; free with sensor_store_close */
+/* Open an existing archive (schema made) for inserting records stamped with srcid (<= 256 bytes of UTF-8).
+ * SENSOR_OK, or SENSOR_EINVAL / SENSOR_ENOMEM / SENSOR_ESTORE with errbuf set; *out NULL then. */
+int sensor_store_open(const char *path, const char *srcid, char *errbuf, sensor_store_t **out);
+/* Run SQL without parameters or rows (BEGIN, COMMIT, ROLLBACK): an SQLite result code. */
+int sensor_store_exec(sensor_store_t *st, const char *sql);
+/* Insert recs[0..n) into flows with the values to_record gives them: SQLITE_OK (0) or the code of
+ * the insert that failed (the ones before it are in the open transaction). */
+int sensor_store_insert(sensor_store_t *st, const sensor_flow_t *recs, size_t n);
+/* INSERT OR REPLACE one archive_info row (value: JSON text): an SQLite result code. */
+int sensor_store_set_info(sensor_store_t *st, const char *key, const char *json_value);
+const char *sensor_store_error(const sensor_store_t *st);   /* the last failure's message */
+int sensor_store_system_errno(const sensor_store_t *st);    /* its OS errno (ENOSPC, EIO), or 0 */
+void sensor_store_close(sensor_store_t *st);               /* NULL-safe */
 
 /* Compile a BPF filter for Ethernet without a device: SENSOR_OK, or SENSOR_EFILTER with libpcap's
  * message in errbuf (SENSOR_ERRBUF_SIZE bytes). Needs no privileges (the web page checks filters). */

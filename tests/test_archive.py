@@ -46,6 +46,44 @@ def test_archive_holds_exactly_what_the_meter_produced(tmp_path, pcaps_dir, name
     assert len(archived) == len(metered) > 0
 
 
+def _rows_with_types(directory: Path) -> list[tuple]:
+    (path,) = archive.list_archives(directory)
+    cols = ", ".join(f"{n}, typeof({n})" for n in FLOW_NAMES)
+    with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as conn:
+        return conn.execute(f"SELECT {cols} FROM flows ORDER BY rowid").fetchall()
+
+
+def test_rows_bound_in_c_equal_rows_from_record_dicts_on_every_capture(tmp_path, pcaps_dir):
+    """native/store.c binds what to_record makes, value for value and type for type (NULLs,
+    integers, reals, text), on every shared capture, the malformed ones included."""
+    found = sorted(p for p in pcaps_dir.rglob("*") if p.suffix in (".pcap", ".pcapng"))
+    assert len(found) > 50
+    compared = 0
+    for i, path in enumerate(found):
+        cfg = make_config(tmp_path / str(i))
+        raw = []
+        try:
+            raw.extend(capture.meter_file_raw(str(path), cfg.flows))
+        except capture.CaptureError:
+            pass                                   # the records of what could be read
+        if not raw:
+            continue
+        now = raw[-1][2] / 1e6
+        dirs = {}
+        for how in ("packed", "dicts"):
+            d = tmp_path / str(i) / how
+            w = ArchiveWriter(dataclasses.replace(cfg.archive, dir=str(d)), cfg.sensor.id, "x", "d")
+            if how == "packed":
+                w.add_packed([capture.RECORD.pack(*r) for r in raw], now)
+            else:
+                w.add([capture.to_record(r, cfg.sensor.id) for r in raw], now)
+            w.close(now)
+            dirs[how] = _rows_with_types(d)
+        assert dirs["packed"] == dirs["dicts"], path.name
+        compared += len(raw)
+    assert compared > 3000
+
+
 def test_rotation_by_period_splits_nothing_and_info_matches(tmp_path, pcaps_dir):
     # The DNP3 capture spans three hours of packet time: with 10-minute periods it makes many files.
     cfg = make_config(tmp_path, rotate_interval=600)

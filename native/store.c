@@ -1,0 +1,287 @@
+/* store.c: sensor_store, finished records inserted into an archive's flows table straight from C.
+ *
+ * The recorder's hot path after metering: turning each record into Python objects only to bind them
+ * again cost more than the SQLite insert itself (bench/RESULTS.md "Archives and queries"). The values
+ * are exactly those of appliance/capture.py's to_record (tests/test_archive.py compares archives with
+ * metered records on every shared capture). appliance/archive.py owns the schema, the transactions
+ * and every decision; this file only binds values. It uses its own connection to the file. */
+#include "format.h"
+#include "sha1.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct sensor_store {
+    sqlite3 *db;
+    sqlite3_stmt *insert, *info;
+    char srcid[257];                /* 64 characters of UTF-8 */
+};
+
+/* The flows columns this binds, in bind order (appliance/archive.py FLOW_COLUMNS has them all). */
+static const char INSERT_SQL[] =
+    "INSERT INTO flows (srcid, seq, cause, stime, ltime, dur, proto, saddr, sport, daddr, dport, dir,"
+    " state, spkts, dpkts, sbytes, dbytes, sappbytes, dappbytes, stos, dtos, sttl, dttl, smac, dmac,"
+    " svlan, dvlan, smpls, dmpls, sflags, dflags, synack, ackdat, tcprtt, sretrans, dretrans, sgap,"
+    " dgap, smaxsz, sminsz, dmaxsz, dminsz, flgs, conn_state, history, community_id, sintf)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,"
+    " ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38,"
+    " ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47)";
+static const char INFO_SQL[] = "INSERT OR REPLACE INTO archive_info (key, value) VALUES (?1, ?2)";
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* ICMP types that come in request/reply pairs, and their counterpart (capture.ICMP_PAIRS). */
+static int icmp_pair(unsigned type, unsigned *other)
+{
+    static const uint8_t pairs[][2] = {{8, 0}, {0, 8}, {13, 14}, {14, 13}, {15, 16}, {16, 15},
+                                       {17, 18}, {18, 17}, {128, 129}, {129, 128}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
+        if (pairs[i][0] == type) {
+            *other = pairs[i][1];
+            return 1;
+        }
+    return 0;
+}
+
+/* Community ID v1 with seed 0, as capture.community_id: "1:" and 28 base64 characters. */
+static void community_id(const sensor_flow_t *r, const facts_t *f, char out[30])
+{
+    size_t alen = r->addr_type == SENSOR_ADDR_IP4 ? 4 : 16;
+    const uint8_t *a = r->addr[0], *b = r->addr[1];
+    unsigned sp = f->ported ? r->port[0] : 0, dp = f->ported ? r->port[1] : 0;
+    int one_way = 0;
+    if (r->proto == 1 || r->proto == 58) {       /* the type and its counterpart as ports */
+        unsigned other;
+        if (icmp_pair(sp, &other))
+            dp = other;
+        else
+            one_way = 1;
+    }
+    if (!one_way) {
+        int c = memcmp(a, b, alen);
+        if (c > 0 || (c == 0 && sp > dp)) {
+            const uint8_t *t = a;
+            a = b;
+            b = t;
+            unsigned tp = sp;
+            sp = dp;
+            dp = tp;
+        }
+    }
+    uint8_t data[2 + 32 + 2 + 4];
+    size_t n = 0;
+    data[n++] = 0;
+    data[n++] = 0;
+    memcpy(data + n, a, alen);
+    n += alen;
+    memcpy(data + n, b, alen);
+    n += alen;
+    data[n++] = (uint8_t)r->proto;
+    data[n++] = 0;
+    if (f->ported) {
+        uint8_t ports[4] = {(uint8_t)(sp >> 8), (uint8_t)sp, (uint8_t)(dp >> 8), (uint8_t)dp};
+        memcpy(data + n, ports, 4);
+        n += 4;
+    }
+    uint8_t d[21] = {0};
+    sha1(data, n, d);
+    out[0] = '1';
+    out[1] = ':';
+    for (int i = 0; i < 7; i++) {               /* 20 bytes: 6 whole groups, then 2 bytes and '=' */
+        uint32_t v = (uint32_t)d[3 * i] << 16 | (uint32_t)d[3 * i + 1] << 8 | d[3 * i + 2];
+        char *o = out + 2 + 4 * i;
+        o[0] = B64[v >> 18];
+        o[1] = B64[v >> 12 & 63];
+        o[2] = B64[v >> 6 & 63];
+        o[3] = i < 6 ? B64[v & 63] : '=';
+    }
+}
+
+static void error_text(sqlite3 *db, char *errbuf)
+{
+    snprintf(errbuf, SENSOR_ERRBUF_SIZE, "%s", db ? sqlite3_errmsg(db) : "out of memory");
+}
+
+int sensor_store_open(const char *path, const char *srcid, char *errbuf, sensor_store_t **out)
+{
+    *out = NULL;
+    if (strlen(srcid) >= sizeof ((sensor_store_t *)0)->srcid) {
+        snprintf(errbuf, SENSOR_ERRBUF_SIZE, "sensor id longer than 256 bytes");
+        return SENSOR_EINVAL;
+    }
+    sensor_store_t *st = calloc(1, sizeof *st);
+    if (!st) {
+        snprintf(errbuf, SENSOR_ERRBUF_SIZE, "out of memory");
+        return SENSOR_ENOMEM;
+    }
+    strcpy(st->srcid, srcid);
+    int rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(st->db, "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_busy_timeout(st->db, 5000);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v3(st->db, INSERT_SQL, -1, SQLITE_PREPARE_PERSISTENT, &st->insert, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v3(st->db, INFO_SQL, -1, SQLITE_PREPARE_PERSISTENT, &st->info, NULL);
+    if (rc != SQLITE_OK) {
+        error_text(st->db, errbuf);
+        sensor_store_close(st);
+        return SENSOR_ESTORE;
+    }
+    *out = st;
+    return SENSOR_OK;
+}
+
+int sensor_store_exec(sensor_store_t *st, const char *sql)
+{
+    return sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+}
+
+int sensor_store_set_info(sensor_store_t *st, const char *key, const char *json_value)
+{
+    sqlite3_stmt *s = st->info;
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, json_value, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static void bind_text(sqlite3_stmt *s, int i, const char *text, size_t n)
+{
+    sqlite3_bind_text(s, i, text, (int)n, SQLITE_TRANSIENT);
+}
+
+static void bind_str(sqlite3_stmt *s, int i, const char *text)
+{
+    sqlite3_bind_text(s, i, text, -1, SQLITE_STATIC);    /* names: static storage */
+}
+
+static void bind_u64(sqlite3_stmt *s, int i, uint64_t v)
+{
+    if (v > INT64_MAX)                          /* not reachable by counters; never wrap */
+        sqlite3_bind_double(s, i, (double)v);
+    else
+        sqlite3_bind_int64(s, i, (sqlite3_int64)v);
+}
+
+/* Bind one record's 47 values as to_record makes them (NULL where it has None). */
+static void bind_record(sensor_store_t *st, const sensor_flow_t *r)
+{
+    sqlite3_stmt *s = st->insert;
+    facts_t f;
+    int ok = ft_record_facts(r, &f);             /* else: enum columns NULL, the rest as they are */
+    char text[64];
+    size_t n;
+    int tcp = r->proto == 6 && f.ip;
+
+    bind_str(s, 1, st->srcid);
+    bind_u64(s, 2, r->seq);
+    if (ok)
+        bind_str(s, 3, FT_CAUSES[r->cause]);
+    sqlite3_bind_double(s, 4, (double)r->stime_us / 1e6);
+    sqlite3_bind_double(s, 5, (double)r->ltime_us / 1e6);
+    sqlite3_bind_double(s, 6, (double)((int64_t)(r->ltime_us - r->stime_us)) / 1e6);
+    sqlite3_bind_int(s, 7, r->proto);
+    if ((n = ft_addr_text(r, 0, text)))
+        bind_text(s, 8, text, n);
+    if ((n = ft_addr_text(r, 1, text)))
+        bind_text(s, 10, text, n);
+    if (f.ported) {
+        sqlite3_bind_int(s, 9, r->port[0]);
+        sqlite3_bind_int(s, 11, r->port[1]);
+    }
+    if (ok) {
+        const char *dir = FT_DIRS[r->dir];
+        bind_str(s, 12, dir + strspn(dir, " "));
+        bind_str(s, 13, ft_state_text(r));
+    }
+    bind_u64(s, 14, r->pkts[0]);
+    bind_u64(s, 15, r->pkts[1]);
+    bind_u64(s, 16, r->bytes[0]);
+    bind_u64(s, 17, r->bytes[1]);
+    bind_u64(s, 18, r->appbytes[0]);
+    bind_u64(s, 19, r->appbytes[1]);
+    if (f.sip && r->pkts[0]) {
+        sqlite3_bind_int(s, 20, r->tos[0]);
+        sqlite3_bind_int(s, 22, r->ttl[0]);
+    }
+    if (f.sip && r->pkts[1]) {
+        sqlite3_bind_int(s, 21, r->tos[1]);
+        sqlite3_bind_int(s, 23, r->ttl[1]);
+    }
+    ft_mac_text(r->mac[0], text);
+    bind_text(s, 24, text, 17);
+    ft_mac_text(r->mac[1], text);
+    bind_text(s, 25, text, 17);
+    if (r->vlan[0] != 0xFFFF)
+        sqlite3_bind_int(s, 26, r->vlan[0]);
+    if (r->vlan[1] != 0xFFFF)
+        sqlite3_bind_int(s, 27, r->vlan[1]);
+    if (r->mpls[0] != 0xFFFFFFFFu)
+        sqlite3_bind_int64(s, 28, r->mpls[0]);
+    if (r->mpls[1] != 0xFFFFFFFFu)
+        sqlite3_bind_int64(s, 29, r->mpls[1]);
+    bind_text(s, 30, text, ft_flag_letters(r->tcpflags[0], FT_TCP_FLAG_LETTERS, text));
+    bind_text(s, 31, text, ft_flag_letters(r->tcpflags[1], FT_TCP_FLAG_LETTERS, text));
+    sqlite3_bind_double(s, 32, r->synack_us / 1e6);
+    sqlite3_bind_double(s, 33, r->ackdat_us / 1e6);
+    sqlite3_bind_double(s, 34, ((uint64_t)r->synack_us + r->ackdat_us) / 1e6);
+    sqlite3_bind_int64(s, 35, r->retrans[0]);
+    sqlite3_bind_int64(s, 36, r->retrans[1]);
+    sqlite3_bind_int64(s, 37, r->gaps[0]);
+    sqlite3_bind_int64(s, 38, r->gaps[1]);
+    sqlite3_bind_int64(s, 39, r->maxsz[0]);
+    sqlite3_bind_int64(s, 40, r->minsz[0]);
+    sqlite3_bind_int64(s, 41, r->maxsz[1]);
+    sqlite3_bind_int64(s, 42, r->minsz[1]);
+    ft_flgs_text(r, text);
+    bind_text(s, 43, text, 9);
+    if (tcp && ok) {
+        if (r->conn_state)                       /* 0: not classified, None in to_record */
+            bind_str(s, 44, FT_CONN_STATES[r->conn_state]);
+        bind_text(s, 45, r->history, strnlen(r->history, sizeof r->history));
+    }
+    if (f.sip && r->proto <= 255 && (r->addr_type == SENSOR_ADDR_IP4 || r->addr_type == SENSOR_ADDR_IP6)) {
+        community_id(r, &f, text);
+        bind_text(s, 46, text, 30);
+    }
+    sqlite3_bind_int(s, 47, r->ifindex);
+}
+
+int sensor_store_insert(sensor_store_t *st, const sensor_flow_t *recs, size_t n)
+{
+    sqlite3_stmt *s = st->insert;
+    for (size_t i = 0; i < n; i++) {
+        bind_record(st, &recs[i]);
+        int rc = sqlite3_step(s);
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        if (rc != SQLITE_DONE)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
+const char *sensor_store_error(const sensor_store_t *st)
+{
+    return sqlite3_errmsg(st->db);
+}
+
+int sensor_store_system_errno(const sensor_store_t *st)
+{
+    return sqlite3_system_errno(st->db);
+}
+
+void sensor_store_close(sensor_store_t *st)
+{
+    if (!st)
+        return;
+    sqlite3_finalize(st->insert);
+    sqlite3_finalize(st->info);
+    sqlite3_close(st->db);
+    free(st);
+}

@@ -186,16 +186,16 @@ class Capture:
             if n < DRAIN_BATCH:
                 return
 
-    def drain_packed(self, now_us: int) -> list[bytes]:
-        """Finished records as packed sensor_flow_t bytes, one per record (ArchiveStore's input)."""
-        out: list[bytes] = []
+    def drain_packed(self, now_us: int) -> Iterator[list[bytes]]:
+        """Finished records as packed sensor_flow_t bytes, one per record (ArchiveStore's input),
+        in batches of at most DRAIN_BATCH (so ending a full table does not hold it all at once)."""
         while True:
             n = lib.sensor_drain(self._h, self._out, DRAIN_BATCH, now_us)
             if n:
                 blob = bytes(self._view[: n * RECORD_SIZE])
-                out.extend(blob[i:i + RECORD_SIZE] for i in range(0, len(blob), RECORD_SIZE))
+                yield [blob[i:i + RECORD_SIZE] for i in range(0, len(blob), RECORD_SIZE)]
             if n < DRAIN_BATCH:
-                return out
+                return
 
     def drain_count(self, now_us: int) -> int:
         """Drain finished records and only count them (for metering without output)."""

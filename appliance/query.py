@@ -368,8 +368,13 @@ _FLGS_ODD_GLOB = "'*[dirSDxt]*'"
 _FLGS_ODD = re.compile(r"[dirSDxt]|[^ -~]")
 
 
-def _aggregates(keys: Sequence[_cluster.KeyField]) -> tuple[list[tuple[str, str]], list[Any]]:
-    """(name, expression) of the per-group aggregates, and the key expressions' parameters."""
+_SIZES = frozenset(("smaxsz", "sminsz", "dmaxsz", "dminsz"))
+
+
+def _aggregates(keys: Sequence[_cluster.KeyField],
+                need: frozenset[str]) -> tuple[list[tuple[str, str]], list[Any]]:
+    """(name, expression) of the per-group aggregates for the record keys in ``need``, and the key
+    expressions' parameters. Each aggregate runs once per row: only what is printed is computed."""
     cols: list[tuple[str, str]] = []
     params: list[Any] = []
     for i, k in enumerate(keys):
@@ -379,21 +384,26 @@ def _aggregates(keys: Sequence[_cluster.KeyField]) -> tuple[list[tuple[str, str]
             cols.append((f"k{i}", f"ft_mask({ident(k.key)}, ?)"))
             params.append(k.prefix)
     cols += [("n", "count(*)"), ("r_first", "min(rid)"), ("r_last", "max(rid)"),
-             ("stime", "min(stime)"), ("ltime", "max(ltime)"),
-             ("r_nonreq", "max(CASE WHEN state IS NOT 'REQ' THEN rid END)"),
-             ("r_int", "max(CASE WHEN state = 'INT' THEN rid END)"),
-             ("odd", f"max(CASE WHEN {_SIZE_ODD} THEN 1 ELSE 0 END)"),
-             ("sflags_all", "group_concat(sflags, '')"), ("dflags_all", "group_concat(dflags, '')"),
-             ("flgs_lo", "min(flgs)"), ("flgs_hi", "max(flgs)"), ("flgs_n", "count(flgs)")]
-    cols += [(f"sum_{c}", f"sum({ident(c)})") for c in _SUMMED]
-    cols += [(f"p_{c}", f"max(CASE WHEN {ident(c)} IS NOT NULL THEN rid END)") for c in _cluster.LAST]
-    cols += [(f"q_{c}", f"min(CASE WHEN {ident(c)} THEN rid END)") for c in _cluster.RTT]
+             ("stime", "min(stime)"), ("ltime", "max(ltime)")]
+    if "state" in need:
+        cols += [("r_nonreq", "max(CASE WHEN state IS NOT 'REQ' THEN rid END)"),
+                 ("r_int", "max(CASE WHEN state = 'INT' THEN rid END)")]
+    if need & _SIZES:
+        cols.append(("odd", f"max(CASE WHEN {_SIZE_ODD} THEN 1 ELSE 0 END)"))
+    cols += [(f"{c}_all", f"group_concat({c}, '')") for c in ("sflags", "dflags") if c in need]
+    if "flgs" in need:
+        cols += [("flgs_lo", "min(flgs)"), ("flgs_hi", "max(flgs)"), ("flgs_n", "count(flgs)")]
+    cols += [(f"sum_{c}", f"sum({ident(c)})") for c in _SUMMED if c in need]
+    cols += [(f"p_{c}", f"max(CASE WHEN {ident(c)} IS NOT NULL THEN rid END)")
+             for c in _cluster.LAST if c in need]
+    cols += [(f"q_{c}", f"min(CASE WHEN {ident(c)} THEN rid END)") for c in _cluster.RTT if c in need]
     for side in "sd":
-        cols += [(f"max_{side}", f"max(CASE WHEN {side}pkts THEN {side}maxsz END)"),
-                 (f"min_{side}", f"min(CASE WHEN {side}pkts THEN {side}minsz END)")]
+        if need & {f"{side}maxsz", f"{side}minsz"}:
+            cols += [(f"max_{side}", f"max(CASE WHEN {side}pkts THEN {side}maxsz END)"),
+                     (f"min_{side}", f"min(CASE WHEN {side}pkts THEN {side}minsz END)")]
     names = {k.key for k in keys}
     for c in _cluster.IDENTITY:
-        if c not in names:
+        if c not in names and c in need:
             cols += [(f"n_{c}", f"count({ident(c)})"), (f"lo_{c}", f"min({ident(c)})"),
                      (f"hi_{c}", f"max({ident(c)})")]
     return cols, params
@@ -404,14 +414,17 @@ def _letters(col: str) -> str:
     return " || ".join(f"CASE WHEN instr({col}, '{c}') THEN '{c}' ELSE '' END" for c in _FLAG_ORDER)
 
 
-def _merged_columns(keys: Sequence[_cluster.KeyField]) -> list[str]:
+def _merged_columns(keys: Sequence[_cluster.KeyField], need: frozenset[str]) -> list[str]:
     """SQL, over one group's aggregates (``g``) and its first (``f``) and last (``l``) rows, for
-    each column of the merged record, in RECORD_ORDER (the rules of cluster.Clusterer)."""
+    each column of the merged record, in RECORD_ORDER (the rules of cluster.Clusterer); NULL for
+    columns not in ``need``."""
     key_of = {k.key: f"g.k{i}" for i, k in enumerate(keys)
               if k.prefix is not None or k.key in _cluster.IDENTITY}
     out = []
     for c in RECORD_ORDER:
-        if c in key_of:
+        if c not in need and c not in key_of:
+            expr = "NULL"
+        elif c in key_of:
             expr = key_of[c]
         elif c in _cluster.IDENTITY:
             expr = f"CASE WHEN g.n_{c} = g.n AND g.lo_{c} = g.hi_{c} THEN g.lo_{c} END"
@@ -449,20 +462,23 @@ def _merged_columns(keys: Sequence[_cluster.KeyField]) -> list[str]:
     return out
 
 
-def _group_sql(keys: Sequence[_cluster.KeyField], where: str) -> tuple[str, list[Any]]:
+def _group_sql(keys: Sequence[_cluster.KeyField], where: str,
+               need: frozenset[str]) -> tuple[str, list[Any]]:
     """The per-file GROUP BY statement and its key parameters. Each row: the key values, then
     n, r_last, all_req, odd, flgs_varies, then the merged record in RECORD_ORDER."""
-    cols, params = _aggregates(keys)
+    cols, params = _aggregates(keys, need)
     group = ", ".join(f"+k{i}" for i in range(len(keys)))
     inner = (f"SELECT {', '.join(f'{expr} AS {name}' for name, expr in cols)} "
              f"FROM {source()} WHERE {where}{f' GROUP BY {group}' if group else ''}")
-    flags_odd = " OR ".join(f"g.{c}_all GLOB '*[^{_FLAG_ORDER}]*'" for c in ("sflags", "dflags"))
+    odd = ["g.odd"] if need & _SIZES else []
+    odd += [f"g.{c}_all GLOB '*[^{_FLAG_ORDER}]*'" for c in ("sflags", "dflags") if c in need]
+    if "flgs" in need:
+        odd += [f"g.flgs_lo GLOB {_FLGS_ODD_GLOB}", f"g.flgs_hi GLOB {_FLGS_ODD_GLOB}",
+                "g.flgs_lo GLOB '*[^ -~]*'", "g.flgs_hi GLOB '*[^ -~]*'"]
     meta = [f"g.k{i}" for i in range(len(keys))]
-    meta += ["g.n", "g.r_last", "g.r_nonreq IS NULL",
-             f"g.odd OR {flags_odd} OR g.flgs_lo GLOB {_FLGS_ODD_GLOB} OR g.flgs_hi GLOB "
-             f"{_FLGS_ODD_GLOB} OR g.flgs_lo GLOB '*[^ -~]*' OR g.flgs_hi GLOB '*[^ -~]*'",
-             "g.flgs_lo IS NOT g.flgs_hi"]
-    sql = (f"WITH g AS ({inner}) SELECT {', '.join(meta + _merged_columns(keys))} FROM g "
+    meta += ["g.n", "g.r_last", "g.r_nonreq IS NULL" if "state" in need else "0",
+             " OR ".join(odd) or "0", "g.flgs_lo IS NOT g.flgs_hi" if "flgs" in need else "0"]
+    sql = (f"WITH g AS ({inner}) SELECT {', '.join(meta + _merged_columns(keys, need))} FROM g "
            f"CROSS JOIN flows AS f ON f.rowid = g.r_first "
            f"CROSS JOIN flows AS l ON l.rowid = g.r_last WHERE g.n > 0")
     return sql, params
@@ -470,7 +486,7 @@ def _group_sql(keys: Sequence[_cluster.KeyField], where: str) -> tuple[str, list
 
 def _flgs_sql(keys: Sequence[_cluster.KeyField], where: str) -> str:
     """Each group's distinct flgs values with their last row (for groups where they vary)."""
-    cols, _ = _aggregates(keys)
+    cols, _ = _aggregates(keys, frozenset())
     kexpr = [f"{expr} AS {name}" for name, expr in cols[:len(keys)]]
     group = ", ".join([f"+k{i}" for i in range(len(keys))] + ["+flgs"])
     return (f"SELECT {', '.join(kexpr + ['flgs', 'max(rid)'])} FROM {source()} "
@@ -497,7 +513,8 @@ def _merged_flgs(values: list[tuple[int, str]]) -> str:
 
 
 def cluster_file(path: Path, keys: Sequence[_cluster.KeyField], ast: Any,
-                 deadline: float | None = None) -> list[tuple[tuple, dict[str, Any], bool]]:
+                 deadline: float | None = None,
+                 need: frozenset[str] = frozenset(RECORD_ORDER)) -> list[tuple[tuple, dict[str, Any], bool]]:
     """(group key, partial merged record, whether every row's state is REQ) for each key in one
     archive file, ordered by each group's last row (the order in which Clusterer would last have
     updated them).
@@ -510,7 +527,7 @@ def cluster_file(path: Path, keys: Sequence[_cluster.KeyField], ast: Any,
         if fq.where is None:
             return []
         where, wparams = fq.where
-        sql, kparams = _group_sql(keys, where)
+        sql, kparams = _group_sql(keys, where, need)
         nk = len(keys)
         out, varied = [], {}
         try:
@@ -566,7 +583,8 @@ class _Merger(_cluster.Clusterer):
 
 def cluster_archives(paths: Iterable[str | os.PathLike[str]], keys: Sequence[_cluster.KeyField],
                      ast: Any = None, norep: bool = False, time_limit: float | None = None,
-                     errors: list[str] | None = None) -> Iterator[dict[str, Any]] | None:
+                     errors: list[str] | None = None,
+                     need: Iterable[str] | None = None) -> Iterator[dict[str, Any]] | None:
     """racluster ``-m keys`` over archive files and directories, merged in SQL.
 
     Returns the merged records in racluster's order (an iterator), exactly as ``cluster.Clusterer(keys,
@@ -576,15 +594,23 @@ def cluster_archives(paths: Iterable[str | os.PathLike[str]], keys: Sequence[_cl
 
     :param errors: receives ``"PATH: reason"`` for each input that could not be read (the others
         are still merged); without it, the first failure raises.
+    :param need: the record keys the caller reads (``fields.keys_read``): only those are merged,
+        the others are None. Default: all.
     :raises QueryError: an unreadable input when ``errors`` is None, or ``QueryTimeout``.
     """
     deadline = _deadline(time_limit)
     merger = _Merger(keys, norep=norep, correct=False)
+    # Results are sorted by their key fields' merged values; partial records of several files are
+    # merged by stime and ltime, and a side's packet sizes only where that side has packets.
+    needed = frozenset(RECORD_ORDER)
+    if need is not None:
+        needed = frozenset(need) | {k.key for k in keys} | {"stime", "ltime"}
+        needed |= {side + "pkts" for side in "sd" if needed & {side + "maxsz", side + "minsz"}}
     failed: list[str] = []
     try:
         for path in paths:
             try:
-                for key, rec, all_req in _cluster_path(Path(path), keys, ast, deadline):
+                for key, rec, all_req in _cluster_path(Path(path), keys, ast, deadline, needed):
                     merger.add_group(key, rec, all_req)
             except QueryTimeout:
                 raise
@@ -599,13 +625,13 @@ def cluster_archives(paths: Iterable[str | os.PathLike[str]], keys: Sequence[_cl
     return merger.results()
 
 
-def _cluster_path(path: Path, keys: Sequence[_cluster.KeyField], ast: Any,
-                  deadline: float | None) -> Iterator[tuple[tuple, dict[str, Any], bool]]:
+def _cluster_path(path: Path, keys: Sequence[_cluster.KeyField], ast: Any, deadline: float | None,
+                  need: frozenset[str]) -> Iterator[tuple[tuple, dict[str, Any], bool]]:
     files = archive_files(path)
     bad = []
     for f in files:
         try:
-            yield from cluster_file(f, keys, ast, deadline)
+            yield from cluster_file(f, keys, ast, deadline, need)
         except QueryTimeout:
             raise
         except QueryError as e:

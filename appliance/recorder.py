@@ -93,14 +93,16 @@ class Recorder:
         return self.writer
 
     def _emit(self, cap: Capture, now_us: int) -> int:
-        packed = cap.drain_packed(now_us)
         assert self.writer is not None
-        self.writer.add_packed(packed, now=now_us / 1e6)
-        if self.on_records and packed:      # dicts only for exporters: the archive needs none
-            recs = capture.unpack_records(packed, self.config.sensor.id)
-            for hook in self.on_records:
-                hook(recs)
-        return len(packed)
+        total = 0
+        for packed in cap.drain_packed(now_us):
+            self.writer.add_packed(packed, now=now_us / 1e6)
+            if self.on_records:             # dicts only for exporters: the archive needs none
+                recs = capture.unpack_records(packed, self.config.sensor.id)
+                for hook in self.on_records:
+                    hook(recs)
+            total += len(packed)
+        return total
 
     def status_row(self, stats: dict[str, Any], now: float, interface: str,
                    clock_synced: bool | None) -> dict[str, Any]:

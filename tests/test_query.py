@@ -283,6 +283,25 @@ def test_racluster_in_sql_makes_exactly_the_python_merge(archived, name, rotate)
             assert [list(r) for r in got] == [list(r) for r in want]
 
 
+@pytest.mark.parametrize("items, zflags", [([], ""), (["stime", "saddr", "daddr", "pkts", "bytes"], ""),
+                                           (["state", "flgs", "dir"], "b"),
+                                           (["smaxsz", "dminsz", "tcprtt", "stos", "smac", "svid"], ""),
+                                           (["dur", "trans", "cause", "sappbytes", "history"], "")])
+def test_racluster_in_sql_merges_only_the_printed_columns_and_gets_them_right(archived, items, zflags):
+    directory = archived("large/nfstream-tor.pcapng", 60)
+    need = fields.keys_read(fields.parse_field_list(items), fields.FormatOptions(zflags=zflags))
+    for keys in KEY_SETS:
+        parsed = cluster.parse_keys(keys)
+        full = list(query.cluster_archives([directory], parsed, norep=True))
+        part = list(query.cluster_archives([directory], parsed, norep=True, need=need))
+        assert [{k: r[k] for k in need} for r in part] == [{k: r[k] for k in need} for r in full]
+        skipped = set(query.RECORD_ORDER) - need - {k.key for k in parsed} - {"stime", "ltime"}
+        for path in archive.list_archives(directory):   # what each file's GROUP BY computed
+            groups = query.cluster_file(path, parsed, None, need=need | {"stime", "ltime"})
+            filled = {k for _, rec, _ in groups for k in skipped if rec[k] is not None}
+            assert not filled, (keys, filled)
+
+
 @pytest.mark.parametrize("name", ["large/pcpp-example.pcap", "large/pcpp-many-protocols.pcap",
                                   "large/nfstream-tor.pcapng"])
 @pytest.mark.parametrize("keys", [["saddr", "daddr"], ["saddr/24"], ["proto", "dport"], []])

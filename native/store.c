@@ -119,7 +119,7 @@ int sensor_store_open(const char *path, const char *srcid, char *errbuf, sensor_
     strcpy(st->srcid, srcid);
     int rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE, NULL);
     if (rc == SQLITE_OK)
-        rc = sqlite3_exec(st->db, "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536", NULL, NULL, NULL);
+        rc = sqlite3_exec(st->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_busy_timeout(st->db, 5000);
     if (rc == SQLITE_OK)

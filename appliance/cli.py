@@ -5,11 +5,13 @@ Argus habits are kept: ``-s f1 f2 f3`` (several values after one flag, also ``-m
 command line into one click parses. Inputs (``-r``) are capture files (metered on the fly with the
 default configuration), flowtap record streams (``-`` is stdin; ``-w -`` writes one) and SQLite
 archives, files or directories, read through ``query.py`` (filter and ``-t`` in SQL; ``racluster
--m`` over archives only is a GROUP BY).
+-m`` over archives only is a GROUP BY). ``-S URL`` instead attaches to a sensor's live record stream
+(``stream_client.py``): the records its archive gets from now on, the filter applied on the sensor.
 
-Exit status: 0 success (also when nothing matched, unlike ra's 1), 1 an input failed (a truncated
-capture prints every record read, then ``flowtap: FILE: reason``), 2 a usage error or a bad
-filter (one line naming the column).
+Exit status: 0 success (also when nothing matched, unlike ra's 1; also a live stream ended with
+Ctrl-C), 1 an input failed (a truncated capture prints every record read, then ``flowtap: FILE:
+reason``; a sensor that refuses the token or goes away likewise), 2 a usage error or a bad filter
+(one line naming the column, also when the sensor found it bad).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from . import fields as _fields
 from . import output as _output
 from . import fastpath as _fastpath
 
-VALUE_OPTS = ("-r", "-s", "-m", "-M", "-c", "-L", "-N", "-t", "-Z", "-w")
+VALUE_OPTS = ("-r", "-s", "-m", "-M", "-c", "-L", "-N", "-t", "-Z", "-w", "-S")
 MULTI_OPTS = ("-r", "-s", "-m", "-M")
 MODES = {"ra": ("json",), "racluster": ("json", "norep", "correct", "nocorrect"),
          "rasort": ("json",)}
@@ -293,6 +295,16 @@ def read_options(fn: Callable) -> Callable:
         click.option("-X", "no_rc", is_flag=True, help="Accepted for Argus habits; no effect."),
         click.option("-w", "write", metavar="PATH",
                      help="Write a record stream to PATH (- is stdout) instead of text."),
+        click.option("-S", "server", metavar="URL",
+                     help="Input: the live record stream of the sensor at https://SENSOR[:PORT]: "
+                          "records as its archive gets them, from now on, the filter applied "
+                          "there. Needs an API token (--token-file or FLOWTAP_TOKEN)."),
+        click.option("--token-file", metavar="FILE",
+                     help="With -S: a file holding the API token made on the sensor's API tokens "
+                          "page (or set FLOWTAP_TOKEN; never put a token on the command line)."),
+        click.option("--cacert", metavar="FILE",
+                     help="With -S: trust this certificate (the sensor's own, PEM) instead of "
+                          "the system's CAs."),
         click.argument("filter_words", nargs=-1, metavar="[- FILTER...]"),
     ]
     for opt in reversed(opts):
@@ -346,12 +358,16 @@ def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], 
     if o["delimiter"] is not None:
         o["delimiter"] = o["delimiter"].replace("\\t", "\t")
     side, skip, stop = parse_range(o["count_spec"])
-    selection = Selection.build(o["filter_words"], o["time_range"])
+    live = o["server"] is not None
+    if live and o["paths"]:
+        raise click.UsageError("-S (a sensor's live stream) and -r (files) cannot be combined")
+    # A live stream's filter and -t range are the sensor's to apply.
+    selection = Selection() if live else Selection.build(o["filter_words"], o["time_range"])
     stats: dict[str, Any] = {}
     errors: list[str] = []
     # Nothing selects among the records of a capture file: count them or print them in C.
-    plain = (selection.ast is None and transform is None and merged is None and not skip
-             and stop is None)
+    plain = (not live and selection.ast is None and transform is None and merged is None
+             and not skip and stop is None)
     direct: Direct | None = None
     counted = [0]
     need: frozenset[str] | None = frozenset()      # record keys the output reads (None: all)
@@ -371,10 +387,17 @@ def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], 
         else:
             writer = _output.make_writer(out, fields, opts, o["delimiter"], o["label_every"],
                                          json_lines="json" in modes, stream=o["write"] is not None)
-    records: Iterable[dict] = read_inputs(o["paths"] or ("-",), selection, stats, errors, direct)
+        if live and hasattr(out, "reconfigure"):
+            out.reconfigure(line_buffering=True)    # each record out as it arrives, even in a pipe
+    records: Iterable[dict]
+    if live:
+        records = _live_records(o, errors)
+    else:
+        records = read_inputs(o["paths"] or ("-",), selection, stats, errors, direct)
     if side == "i" and (skip or stop is not None):
         records = itertools.islice(records, skip, stop)
-    sql_merged = merged(o["paths"] or ("-",), selection, errors, need) if merged is not None else None
+    sql_merged = (merged(o["paths"] or ("-",), selection, errors, need)
+                  if merged is not None and not live else None)
     if sql_merged is not None:
         records = sql_merged                        # the inputs above are never read
     elif transform is not None:
@@ -399,6 +422,51 @@ def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], 
         raise click.exceptions.Exit(1)
 
 
+def _api_token(token_file: str | None) -> str:
+    """The API token for -S: from --token-file, else FLOWTAP_TOKEN (never from argv: ps shows it).
+
+    :raises click.UsageError: no token, or the file holds something else.
+    """
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"--token-file {token_file}: {getattr(e, 'strerror', None) or e}", 2)
+    else:
+        token = os.environ.get("FLOWTAP_TOKEN", "").strip()
+    if not token:
+        raise click.UsageError("-S needs an API token: --token-file FILE or FLOWTAP_TOKEN "
+                               "(make one on the sensor's API tokens page)")
+    if not token.isprintable() or " " in token:
+        raise click.UsageError("the API token has spaces or control characters: is that the token?")
+    return token
+
+
+def _live_records(o: dict[str, Any], errors: list[str]) -> Iterator[dict]:
+    """Attach to the sensor of -S (a refusal ends the command here, exit 1, or 2 for a bad
+    filter) and return its records. A stream that breaks adds a line to ``errors`` after the
+    records that arrived; Ctrl-C ends it like the end of a file."""
+    from . import stream_client
+
+    url = o["server"]
+    try:
+        live = stream_client.attach(url, _api_token(o["token_file"]), " ".join(o["filter_words"]),
+                                    o["time_range"], o["cacert"])
+    except stream_client.StreamClientError as e:
+        _fail(str(e) if e.exit_code == 2 else f"{url}: {e}", e.exit_code)
+
+    def follow() -> Iterator[dict]:
+        with live:
+            try:
+                yield from live.records()
+            except stream_client.StreamClientError as e:
+                errors.append(f"{url}: {e}")
+            except KeyboardInterrupt:
+                return
+    return follow()
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -416,7 +484,8 @@ def cli() -> None:
 @cli.command(cls=ArgusCommand, context_settings=CONTEXT, epilog="""\b
 Example:
   flowtap ra -u -Z b -L0 -n -r capture.pcap -s stime proto saddr sport daddr dport spkts sappbytes dpkts dappbytes state - tcp
-  flowtap ra -n -u -c , -r capture.pcap -s stime saddr daddr bytes - host 10.0.0.1 and not port 53""")
+  flowtap ra -n -u -c , -r capture.pcap -s stime saddr daddr bytes - host 10.0.0.1 and not port 53
+  FLOWTAP_TOKEN=... flowtap ra -n -S https://sensor --cacert sensor.pem - tcp and port 443""")
 @read_options
 def ra(**o: Any) -> None:
     """Read session records (like Argus ra) and print them.
@@ -661,9 +730,15 @@ def web(config_path: str | None, listen: str | None, data_dir: str | None, runti
         click.echo(f"flowtap web: no admin password yet; setup token: {token}", color=False)
         sys.stdout.flush()
     # A streaming download blocks its thread once 1 MiB waits for the client, rather than spooling
-    # the rest to a temporary file: memory and flash writes stay flat.
-    waitress.serve(app, listen=listen, threads=4, ident="flowtap", max_request_body_size=1 << 20,
-                   outbuf_high_watermark=1 << 20, clear_untrusted_proxy_headers=True)
+    # the rest to a temporary file: memory and flash writes stay flat. Live streams hold a thread
+    # each, so there are four more threads than streams for the page. Reading ahead one request
+    # lets a stream notice at once that its client hung up. nginx on this box terminates TLS
+    # (systemd/nginx-flowtap.conf): its X-Forwarded-For/-Proto are believed, nobody else's.
+    waitress.serve(app, listen=listen, threads=4 + app.config["STREAM_LIMIT"], ident="flowtap",
+                   max_request_body_size=1 << 20, outbuf_high_watermark=1 << 20,
+                   channel_request_lookahead=1, trusted_proxy="127.0.0.1", trusted_proxy_count=1,
+                   trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
+                   clear_untrusted_proxy_headers=True)
 
 
 def _logging(verbose: bool) -> None:

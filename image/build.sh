@@ -159,7 +159,7 @@ fi
 find "$WHEELS" -name '*.whl' -printf '  wheel: %f\n' | sort >&2
 
 # --- 2. the root file system ----------------------------------------------------------------------
-RUNTIME="python3 python3-venv libpcap0.8 libsqlite3-0 systemd iproute2 procps"
+RUNTIME="python3 python3-venv libpcap0.8 libsqlite3-0 systemd iproute2 procps nginx openssl"
 if [ "$ROOTFS_ONLY" = 1 ]; then
     ROOT=$OUT
     [ ! -e "$ROOT" ] || [ -z "$(ls -A "$ROOT")" ] || die "$ROOT exists and is not empty"
@@ -243,10 +243,9 @@ install -d -m 0700 -o "$(uid flowtap-web)" -g "$(gid flowtap-web)" "$DATA/flowta
 install -d -m 0775 -o 0 -g "$(gid flowtap-web)" "$DATA/etc-flowtap"
 install -d -m 0700 "$DATA/ssh"
 install -d -m 0755 "$DATA/timesync"
-# The image's one departure from the default config: the page listens on every address, which on
-# the appliance means the management interface only (br0 and its ports have no address).
-sed 's|^# listen = "127.0.0.1:8080"|listen = "0.0.0.0:8080"|' "$ROOT/etc/flowtap/flowtap.toml" \
-    > "$DATA/etc-flowtap/flowtap.toml"
+# The default config: the page listens on 127.0.0.1:8080 behind nginx, which serves https on
+# the management interface (br0 and its ports have no address).
+cp "$ROOT/etc/flowtap/flowtap.toml" "$DATA/etc-flowtap/flowtap.toml"
 chown 0:"$(gid flowtap-web)" "$DATA/etc-flowtap/flowtap.toml"; chmod 0664 "$DATA/etc-flowtap/flowtap.toml"
 rm -rf "$ROOT/var/lib/flowtap/"* "$ROOT/etc/flowtap/"*   # mount points for the /data bind mounts
 

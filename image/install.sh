@@ -13,8 +13,10 @@
 #   4. --network: the systemd-networkd files (br0 from eth0 + eth1, management on eth2/wlan0), and
 #      systemd-networkd enabled. Off by default: it takes eth0 away from whatever manages it now;
 #   5. /etc/flowtap/flowtap.toml, only if there is none (an existing config is never overwritten);
-#   6. enables flowtap-recorder, flowtap-web and flowtap-recorder-reload.path, and (re)starts them
-#      unless --no-start or when there is no running systemd (a chroot).
+#   6. nginx in front of the page (TLS on 443 with the box's own certificate, made at first start
+#      by flowtap-tls-cert.service), replacing Debian's default site;
+#   7. enables flowtap-recorder, flowtap-web, flowtap-recorder-reload.path, flowtap-tls-cert and
+#      nginx, and (re)starts them unless --no-start or when there is no running systemd (a chroot).
 set -eu
 
 PREFIX=/opt/flowtap
@@ -24,7 +26,7 @@ WHEELHOUSE=
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 UNITDIR=/usr/local/lib/systemd/system
 LIBDIR=/usr/local/lib
-UNITS="flowtap-recorder.service flowtap-web.service flowtap-recorder-reload.path flowtap-recorder-reload.service"
+UNITS="flowtap-recorder.service flowtap-web.service flowtap-recorder-reload.path flowtap-recorder-reload.service flowtap-tls-cert.service"
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 say() { printf 'flowtap install: %s\n' "$*"; }
@@ -53,7 +55,7 @@ else
 fi
 
 # --- 1. packages --------------------------------------------------------------------------------
-RUNTIME="python3 python3-venv libpcap0.8 systemd iproute2 procps"
+RUNTIME="python3 python3-venv libpcap0.8 systemd iproute2 procps nginx openssl"
 BUILD="build-essential pkg-config python3-dev libpcap-dev libsystemd-dev"
 need=
 for p in $RUNTIME $( [ -n "$WHEELHOUSE" ] || echo "$BUILD" ); do
@@ -94,6 +96,7 @@ install -m 0644 "$SRC/systemd/sysctl.d/90-flowtap.conf" "$LIBDIR/sysctl.d/90-flo
 install -m 0644 "$SRC/systemd/system.conf.d/flowtap-watchdog.conf" \
     "$LIBDIR/systemd/system.conf.d/flowtap-watchdog.conf"
 install -m 0644 "$SRC/systemd/README.md" "$PREFIX/doc/systemd.md"
+install -m 0755 "$SRC/systemd/flowtap-tls-cert" /usr/local/sbin/flowtap-tls-cert
 systemd-sysusers flowtap.conf
 systemd-tmpfiles --create flowtap.conf
 
@@ -121,15 +124,23 @@ else
 fi
 "$PREFIX/bin/flowtap" record -c /etc/flowtap/flowtap.toml --check-config
 
-# --- 6. enable and start ------------------------------------------------------------------------
+# --- 6. nginx: TLS in front of the page ------------------------------------------------------------
+say "nginx: https on 443 in front of the page (certificate made at first start)"
+install -m 0644 "$SRC/systemd/nginx-flowtap.conf" /etc/nginx/conf.d/flowtap.conf
+rm -f /etc/nginx/sites-enabled/default         # Debian's welcome page; port 80 stays closed
+
+# --- 7. enable and start ------------------------------------------------------------------------
 # flowtap-recorder-reload.service has no [Install]: the path unit starts it.
-systemctl enable flowtap-recorder.service flowtap-web.service flowtap-recorder-reload.path
+systemctl enable flowtap-recorder.service flowtap-web.service flowtap-recorder-reload.path \
+    flowtap-tls-cert.service nginx.service
 if [ "$LIVE" = 1 ]; then
     systemctl daemon-reload
     systemd-sysctl 90-flowtap.conf || true
     if [ "$START" = 1 ]; then
         [ "$NETWORK" = 0 ] || systemctl restart systemd-networkd.service
-        systemctl restart flowtap-recorder-reload.path flowtap-recorder.service flowtap-web.service
+        systemctl start flowtap-tls-cert.service
+        systemctl restart flowtap-recorder-reload.path flowtap-recorder.service flowtap-web.service \
+            nginx.service
         say "started; status: systemctl status flowtap-recorder flowtap-web"
     fi
 else

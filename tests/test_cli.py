@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -80,6 +81,33 @@ def test_bad_time_range_exits_2(runner):
     result = run(runner, "ra", "-t", "2024/99/01", input="")
     assert result.exit_code == 2
     assert result.stderr.startswith("flowtap: -t '2024/99/01': bad time") and result.stderr.count("\n") == 1
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, token, code, text", [
+    (["-S", "http://127.0.0.1:9", "-r", "x"], "t", 2, "-S (a sensor's live stream) and -r (files) cannot be combined"),
+    (["-S", "http://127.0.0.1:9"], None, 2, "-S needs an API token: --token-file FILE or FLOWTAP_TOKEN"),
+    (["-S", "http://127.0.0.1:9", "--token-file", "/nonexistent/token"], None, 2,
+     "flowtap: --token-file /nonexistent/token: No such file or directory\n"),
+    (["-S", "http://127.0.0.1:9"], "two words", 2, "the API token has spaces"),
+    (["-S", "ftp://sensor"], "t", 2, "flowtap: ftp://sensor: give the sensor as https://HOST[:PORT]"),
+    (["-S", "https://sensor:99999"], "t", 2, "flowtap: https://sensor:99999: not a valid port\n"),
+    (["-S", "https://admin:pw@sensor"], "t", 2, "no user, query or fragment"),
+    (["-S", "http://127.0.0.1:{closed}"], "t", 1, "flowtap: http://127.0.0.1:{closed}: cannot attach: connection refused\n"),
+])
+def test_live_stream_usage_and_connection_errors(runner, args, token, code, text):
+    """`ra -S` (end to end with a sensor in tests/test_stream.py): what is refused before or at
+    connecting; only loopback is contacted."""
+    port = closed_port()
+    args = [a.replace("{closed}", str(port)) for a in args]
+    result = runner.invoke(cli, ["ra", *args], env={"FLOWTAP_TOKEN": token})
+    assert result.exit_code == code
+    assert text.replace("{closed}", str(port)) in result.stderr and result.stdout == ""
 
 
 def test_stdin_must_be_a_record_stream(runner):

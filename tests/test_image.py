@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "image" / "build.sh"
 UNITS = ("flowtap-recorder.service", "flowtap-web.service", "flowtap-recorder-reload.path",
-         "flowtap-recorder-reload.service")
+         "flowtap-recorder-reload.service", "flowtap-tls-cert.service")
 UNITDIR = "usr/local/lib/systemd/system"
 
 pytestmark = pytest.mark.slow
@@ -112,7 +112,8 @@ def test_services_are_enabled(rootfs):
     system = rootfs / "etc/systemd/system"
     for wants, unit in (("multi-user.target.wants", "flowtap-recorder.service"),
                         ("multi-user.target.wants", "flowtap-web.service"),
-                        ("paths.target.wants", "flowtap-recorder-reload.path")):
+                        ("paths.target.wants", "flowtap-recorder-reload.path"),
+                        ("nginx.service.wants", "flowtap-tls-cert.service")):
         link = system / wants / unit
         assert link.is_symlink(), f"{unit} not enabled"
         assert os.readlink(link) == f"/{UNITDIR}/{unit}"
@@ -122,6 +123,9 @@ def test_services_are_enabled(rootfs):
         assert (rootfs / "usr/local/lib/systemd/network" / name).exists()
     assert (rootfs / "usr/local/lib/systemd/system.conf.d/flowtap-watchdog.conf").exists()
     assert (rootfs / "usr/local/lib/sysctl.d/90-flowtap.conf").exists()
+    assert (system / "multi-user.target.wants/nginx.service").is_symlink(), "nginx not enabled"
+    assert (rootfs / "etc/nginx/conf.d/flowtap.conf").read_text() == (REPO / "systemd/nginx-flowtap.conf").read_text()
+    assert not (rootfs / "etc/nginx/sites-enabled/default").exists()
 
 
 def test_root_is_locked_and_there_is_no_compiler(rootfs):
@@ -160,7 +164,8 @@ def test_shell_scripts_pass_shellcheck():
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck not found: apt-get install shellcheck"
     scripts = [REPO / "image/build.sh", REPO / "image/install.sh",
-               REPO / "image/files/flowtap-firstboot", REPO / "hw/measure.sh"]
+               REPO / "image/files/flowtap-firstboot", REPO / "hw/measure.sh",
+               REPO / "systemd/flowtap-tls-cert"]
     proc = subprocess.run([shellcheck, "--severity=style", *map(str, scripts)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout

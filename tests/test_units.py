@@ -29,6 +29,7 @@ SYSTEMD = REPO / "systemd"
 UNITS = sorted(p for p in SYSTEMD.iterdir() if p.suffix in (".service", ".path"))
 NETWORK = sorted((SYSTEMD / "network").iterdir())
 VENV_FLOWTAP = "/opt/flowtap/bin/flowtap"
+TLS_CERT = "/usr/local/sbin/flowtap-tls-cert"           # systemd/flowtap-tls-cert, installed
 WEB_MAX, RECORDER_MAX = 2.5, 4.0
 
 
@@ -82,10 +83,11 @@ WEB = SYSTEMD / "flowtap-web.service"
 # --- verify and security ---------------------------------------------------------------------
 
 def test_every_unit_verifies(tmp_path):
-    """systemd-analyze verify, with ExecStart= pointing at this checkout's flowtap, says nothing."""
+    """systemd-analyze verify, with ExecStart= pointing at this checkout's programs, says nothing."""
     exe = flowtap_binary()
     for unit in UNITS:
-        (tmp_path / unit.name).write_text(unit.read_text().replace(VENV_FLOWTAP, exe))
+        text = unit.read_text().replace(VENV_FLOWTAP, exe).replace(TLS_CERT, str(SYSTEMD / "flowtap-tls-cert"))
+        (tmp_path / unit.name).write_text(text)
     dropins = tmp_path / "flowtap-recorder.service.d"
     dropins.mkdir()
     shutil.copy(SYSTEMD / "flowtap-recorder.service.d" / "export.conf.example", dropins / "export.conf")
@@ -145,6 +147,7 @@ def test_web_hardening_keys():
     assert one(w, "ReadOnlyPaths").lstrip("-") == "/var/lib/flowtap/archive"
     assert one(w, "StateDirectory") == "flowtap/web"
     assert "AF_PACKET" not in one(w, "RestrictAddressFamilies")
+    assert one(w, "InaccessiblePaths") == "-/etc/flowtap/tls"          # nginx's key
     for key, want in {"ProtectSystem": "strict", "NoNewPrivileges": "yes",
                       "MemoryDenyWriteExecute": "yes", "PrivateUsers": "yes",
                       "ProtectClock": "yes", "PrivateDevices": "yes"}.items():
@@ -184,6 +187,37 @@ def test_reload_path_unit_reloads_the_recorder():
     assert service.exists()
     assert "reload" in one(service, "ExecStart") and "flowtap-recorder.service" in one(service, "ExecStart")
     assert one(service, "Type") == "oneshot"
+
+
+def test_tls_certificate_is_made_once_per_box(tmp_path):
+    """flowtap-tls-cert (run by flowtap-tls-cert.service before nginx) makes a self-signed
+    certificate once, keeps it on later runs, and names extra addresses on request; nginx's site
+    uses it and proxies to the page's default listen address."""
+    tls = tmp_path / "tls"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(SYSTEMD / "flowtap-tls-cert"), "--dir", str(tls), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    run()
+    assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
+    cert = (tls / "cert.pem").read_bytes()
+    assert "keeping" in run().stdout and (tls / "cert.pem").read_bytes() == cert
+    run("--force", "192.0.2.7", "sensor.example")
+    text = subprocess.run(["openssl", "x509", "-in", str(tls / "cert.pem"), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    for name in ("DNS:localhost", "IP Address:127.0.0.1", "IP Address:192.0.2.7", "DNS:sensor.example"):
+        assert name in text
+    unit = SYSTEMD / "flowtap-tls-cert.service"
+    assert one(unit, "ExecStart") == TLS_CERT
+    assert one(unit, "ConditionPathExists", "Unit") == "!/etc/flowtap/tls/cert.pem"
+    assert "nginx.service" in one(unit, "Before", "Unit").split()
+    assert one(unit, "WantedBy", "Install") == "nginx.service"
+    site = (SYSTEMD / "nginx-flowtap.conf").read_text()
+    assert "ssl_certificate /etc/flowtap/tls/cert.pem;" in site
+    assert f"proxy_pass http://{config_mod.Config().web.listen};" in site
 
 
 # --- users and directories ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -33,7 +34,7 @@ from appliance.web import create_app, settings
 PASSWORD = "correct horse battery"
 CAPTURES = ["basic/dpkt-http.pcap", "basic/tcpreplay-test.pcap", "basic/pcpp-dns.pcap"]
 PROTECTED = ["/", "/dashboard/panel", "/live", "/search", "/search?t=&filter=tcp", "/search/download/csv",
-             "/archives", "/archives/x/sqlite", "/config", "/password"]
+             "/archives", "/archives/x/sqlite", "/config", "/password", "/tokens"]
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -223,7 +224,8 @@ def test_healthz_needs_no_session(app):
     assert app.test_client().get("/healthz").status_code == 503
 
 
-@pytest.mark.parametrize("url", ["/config", "/password", "/logout", "/login", "/setup"])
+@pytest.mark.parametrize("url", ["/config", "/password", "/logout", "/login", "/setup", "/tokens",
+                                 "/tokens/0123456789ab/revoke"])
 def test_posts_without_a_valid_csrf_token_are_refused(admin, url):
     before = admin.get("/")
     assert before.status_code == 200
@@ -328,6 +330,107 @@ def test_security_headers_and_cookie_flags(app, client):
     tls = app.test_client().get("/setup", base_url="https://localhost")
     assert "Secure" in tls.headers["Set-Cookie"]
     assert client.get("/nowhere").headers["X-Frame-Options"] == "DENY"
+
+
+# --- API tokens and the live record stream (end to end in test_stream.py) ---------------------------
+
+def make_token(admin, name: str = "laptop") -> str:
+    page = admin.post("/tokens", data={"csrf_token": csrf(admin, "/tokens"), "name": name})
+    assert page.status_code == 200, page.text
+    return re.search(r'<code id="token-secret">([^<]+)</code>', page.text).group(1)
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_token_is_shown_once_and_only_its_hash_is_stored(admin, app):
+    assert "no tokens" in admin.get("/tokens").text
+    assert "/tokens" in admin.get("/config").text                       # linked from the config page
+    token = make_token(admin, "analyst's laptop")
+    assert len(token) >= 43                                             # 32 random bytes
+    page = admin.get("/tokens").text
+    assert "analyst&#39;s laptop" in page and token not in page         # never shown again
+    stored = Path(app.instance_path) / "api-tokens.json"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    text = stored.read_text()
+    assert token not in text and hashlib.sha256(token.encode()).hexdigest() in text
+
+
+@pytest.mark.parametrize("name, message", [("", "Give the token a name"), ("x" * 65, "at most 64"),
+                                           ("a\x07b", "plain text")])
+def test_token_names_are_checked(admin, app, name, message):
+    r = admin.post("/tokens", data={"csrf_token": csrf(admin, "/tokens"), "name": name})
+    assert r.status_code == 400 and message in r.text
+    assert not (Path(app.instance_path) / "api-tokens.json").exists()
+
+
+def test_revoked_token_is_refused_at_once(admin, app):
+    token = make_token(admin)
+    assert admin.get("/api/v1/stream", headers=bearer(token), buffered=False).status_code == 200
+    entry = app.extensions["flowtap_tokens"].tokens[0]
+    r = admin.post(f"/tokens/{entry['id']}/revoke", data={"csrf_token": csrf(admin, "/tokens")})
+    assert r.status_code == 302 and "Revoked" in admin.get("/tokens").text
+    assert app.test_client().get("/api/v1/stream", headers=bearer(token)).status_code == 401
+    r = admin.post(f"/tokens/{entry['id']}/revoke", data={"csrf_token": csrf(admin, "/tokens")})
+    assert r.status_code == 404
+
+
+def test_stream_needs_a_token_and_a_token_opens_no_page(admin, app):
+    token = make_token(admin)
+    anon = app.test_client()
+    r = anon.get("/api/v1/stream")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="flowtap"'
+    assert r.mimetype == "text/plain" and r.headers["Content-Security-Policy"]
+    r = anon.get("/api/v1/stream", headers=bearer("nope"))
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+    assert anon.get("/api/v1/stream", headers={"Authorization": f"Basic {token}"}).status_code == 401
+    assert admin.get("/api/v1/stream").status_code == 401              # a session is not a token
+    for url in ("/", "/archives", "/config", "/tokens"):
+        assert anon.get(url, headers=bearer(token)).status_code == 302  # to the login page
+
+
+def test_wrong_tokens_count_in_the_rate_limit(admin, app):
+    token = make_token(admin)
+    anon = app.test_client()
+    for _ in range(5):
+        assert anon.get("/api/v1/stream", headers=bearer("guess"),
+                        environ_base={"REMOTE_ADDR": "10.3.0.1"}).status_code == 401
+    r = anon.get("/api/v1/stream", headers=bearer(token), environ_base={"REMOTE_ADDR": "10.3.0.1"})
+    assert r.status_code == 429                                         # even the right token: wait
+    assert anon.get("/api/v1/stream", headers=bearer(token), environ_base={"REMOTE_ADDR": "10.3.0.2"},
+                    buffered=False).status_code == 200
+
+
+@pytest.mark.parametrize("query, message", [
+    ("filter=tcp+and+(", "filter error at column 10: expected a primitive"),
+    ("filter=" + "a" * 3000, "filter: too long"),
+    ("filter=%00", "filter error at column 1"),
+    ("t=yesterday", "-t 'yesterday': "),
+])
+def test_stream_refuses_bad_filters_before_streaming(admin, query, message):
+    r = admin.get(f"/api/v1/stream?{query}", headers=bearer(make_token(admin)))
+    assert r.status_code == 400 and r.mimetype == "text/plain"
+    assert r.text.startswith(message) and r.text.count("\n") == 1
+
+
+def test_stream_slots_are_limited_and_given_back(config_path, data_dir, runtime_dir):
+    app = create_app(config_path=config_path, data_dir=str(data_dir), runtime_dir=str(runtime_dir),
+                     settings={"TESTING": True, "STREAM_LIMIT": 1})
+    c = app.test_client()
+    setup_password(c, app)
+    token = make_token(c)
+    first = c.get("/api/v1/stream", headers=bearer(token), buffered=False)
+    header = json.loads(next(first.response))
+    assert first.status_code == 200 and first.mimetype == "application/x-ndjson"
+    assert header == {"flowtap": "stream", "version": 1, "rowid": header["rowid"],
+                      "archive": archive.list_archives(data_dir / "archive")[-1].name}
+    busy = c.get("/api/v1/stream", headers=bearer(token))
+    assert busy.status_code == 503 and "1 streams at most" in busy.text
+    first.close()                                       # the server closes the body: slot free
+    again = c.get("/api/v1/stream", headers=bearer(token), buffered=False)
+    assert again.status_code == 200
+    again.close()
 
 
 # --- dashboard, health, metrics, api ---------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The admin web page: ``create_app`` (the Flask application factory) and what every page shares.
 
 One blueprint per area: ``auth`` (setup, login, password), ``dashboard`` (status, live sessions,
-/metrics, /healthz, /api/status), ``search``, ``archives`` and ``settings`` (the config form).
+/metrics, /healthz, /api/status), ``search``, ``archives``, ``settings`` (the config form),
+``tokens`` (API tokens) and ``stream`` (the live record stream of ``flowtap ra -S``).
 Everything it reads it opens read-only; the only files it writes are its own under the instance
-path (secret key, setup token, password hash) and the config file when the form is saved.
+path (secret key, setup token, password hash, API token hashes) and the config file when the form
+is saved.
 
 Example::
 
@@ -66,12 +68,17 @@ def create_app(config: Config | None = None, config_path: str | os.PathLike[str]
         DOWNLOAD_TIME_LIMIT=3600.0,            # seconds for a streamed download's query
         STATUS_MAX_AGE=10.0,                   # status.json older than this: not recording
         PAGE_SIZE=50,
+        STREAM_LIMIT=4,                        # live streams at once (`flowtap web` adds threads)
+        STREAM_POLL=0.5,                       # seconds between a stream's looks at the archive
+        STREAM_KEEPALIVE=10.0,                 # seconds of silence before a keep-alive line
     )
     app.config.update(settings or {})
 
-    from . import archives, auth, dashboard, search, settings as settings_bp
+    from . import archives, auth, dashboard, search, settings as settings_bp, stream, tokens
     auth.init_app(app)
-    for bp in (auth.bp, dashboard.bp, search.bp, archives.bp, settings_bp.bp):
+    tokens.init_app(app)
+    stream.init_app(app)
+    for bp in (auth.bp, dashboard.bp, search.bp, archives.bp, settings_bp.bp, tokens.bp, stream.bp):
         app.register_blueprint(bp)
 
     @app.after_request

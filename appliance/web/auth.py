@@ -1,4 +1,5 @@
-"""First-start setup, login, logout and the password page; sessions, CSRF tokens and the rate limit."""
+"""First-start setup, login, logout and the password page; sessions, CSRF tokens, API tokens at the
+gate, and the rate limit."""
 from __future__ import annotations
 
 import collections
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask import (Blueprint, Flask, abort, current_app, flash, redirect, render_template, request,
+from flask import (Blueprint, Flask, abort, current_app, flash, g, redirect, render_template, request,
                    session, url_for)
 from flask.sessions import SecureCookieSessionInterface
 
@@ -23,6 +24,7 @@ bp = Blueprint("auth", __name__)
 
 PUBLIC = {"auth.login", "auth.setup", "dashboard.healthz", "static"}
 BASIC_AUTH = {"dashboard.metrics", "dashboard.api_status"}     # scrapers may use HTTP Basic auth
+TOKEN_AUTH = {"stream.stream"}        # the API: an API token (tokens.py) only, never a session
 MIN_PASSWORD, MAX_PASSWORD = 10, 256
 hasher = PasswordHasher()     # argon2id
 
@@ -175,20 +177,50 @@ def _basic_auth_ok() -> bool:
     return False
 
 
+def _api_refusal():
+    """None when the request carries a valid API token (its entry goes to ``g.api_token``), else
+    the plain-text refusal: 401 with a Bearer challenge (RFC 6750), or 429 after too many wrong
+    tokens from this address. A wrong token counts in the rate limit as a wrong password does."""
+    client = request.remote_addr or "?"
+    if limiter().blocked(client):
+        return plain_answer(429, "too many failed attempts from this address: wait a few minutes")
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        return plain_answer(401, "an API token is required (make one on the sensor's API tokens "
+                                 "page)", {"WWW-Authenticate": 'Bearer realm="flowtap"'})
+    from .tokens import store
+    g.api_token = store().find(secret.strip())
+    if g.api_token is None:
+        limiter().failed(client)
+        log.warning("wrong API token from %s", client)
+        return plain_answer(401, "the API token is not valid (wrong, or revoked)",
+                            {"WWW-Authenticate": 'Bearer realm="flowtap", error="invalid_token"'})
+    return None
+
+
+def plain_answer(code: int, message: str, headers: dict[str, str] | None = None):
+    """A one-line text answer for API clients and scrapers (the HTML error pages are for
+    browsers)."""
+    return message + "\n", code, {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
+
+
 def _gate():
-    """Every request: a POST must carry this session's CSRF token; pages need a login."""
+    """Every request: a POST must carry this session's CSRF token; pages need a login, the API a
+    token."""
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         expected = session.get("csrf")
         sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
         if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
             abort(400, "The form's security token is missing or out of date: reload the page and try again.")
+    if request.endpoint in TOKEN_AUTH:
+        return _api_refusal()
     if request.endpoint in PUBLIC or logged_in():
         return None
     if request.endpoint in BASIC_AUTH:
         if _basic_auth_ok():
             return None
-        return ("authentication required\n", 401,
-                {"WWW-Authenticate": 'Basic realm="flowtap", charset="UTF-8"', "Content-Type": "text/plain"})
+        return plain_answer(401, "authentication required",
+                            {"WWW-Authenticate": 'Basic realm="flowtap", charset="UTF-8"'})
     if not credentials().configured:
         return redirect(url_for("auth.setup"))
     return redirect(url_for("auth.login", next=request.full_path if request.method == "GET" else None))

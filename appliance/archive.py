@@ -276,14 +276,10 @@ class ArchiveWriter:
                       period_start=period, period_seconds=self.cfg.rotate_interval, state="open",
                       flowtap_version=__version__)
             conn.execute("COMMIT")
-        except BaseException:
-            conn.close()                # no schema was committed: nothing in the file to keep
-            _unlink_archive(path)
-            raise
-        try:
             store = ArchiveStore(path, self.sensor_id)
         except BaseException:
-            conn.close()
+            conn.close()                # no record was written: nothing in the file to keep
+            _unlink_archive(path)
             raise
         log.info("opened archive %s", path.name)
         return OpenArchive(path, conn, store, period)
@@ -513,8 +509,9 @@ def _size(p: Path) -> int:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True for SQLite's and the OS's ways of saying the disk is full."""
-    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "full" in str(exc).lower()
+    """True for SQLite's and the OS's ways of saying the disk is full (ArchiveStore's errors carry
+    the OS errno behind SQLite's "disk I/O error")."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc).lower()
 
 
 def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:

@@ -54,9 +54,10 @@ class Progress:
         pkts = stats["packets"]
         # pcap stores a 16-byte header per packet; the wire length approximates the captured bytes.
         pct = 100.0 if done else min(99.9, 100.0 * (stats["bytes"] + 16 * pkts) / max(file_bytes, 1))
+        share = f"{pct:5.1f}%, " if file_bytes or done else ""      # a pipe has no size
         rate = pkts / max(t - self.started, 1e-6)
         self.stream.write(f"\r{name}: {pkts:,} packets, {stats['flows_created']:,} sessions, "
-                          f"{pct:5.1f}%, {rate:,.0f} packets/s" + ("\n" if done else ""))
+                          f"{share}{rate:,.0f} packets/s" + ("\n" if done else ""))
         self.stream.flush()
 
 

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 enum {
     PCAPNG_MAX_BLOCK = 16 * 1024 * 1024,  /* larger blocks are treated as corruption */
@@ -385,6 +386,9 @@ int pcapng_has_mixed_linktypes(const char *path)
     uint32_t type, blen, first = 0;
     int have_first = 0, mixed = 0;
 
+    struct stat st;
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+        return 0;                     /* a pipe can be read once only: libpcap gets it whole */
     if (reader_new(path, 1, &r, NULL, 0) < 0)
         return 0;
     while (!mixed && read_block(r, &type, &blen) == 1) {

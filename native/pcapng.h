@@ -9,7 +9,8 @@
 typedef struct pcapng_reader pcapng_reader_t;
 
 /* 1 if path is a pcapng file in which two interfaces (in any section) have different link types;
- * 0 otherwise (also 0 on any read error: then libpcap opens it and reports the problem).
+ * 0 otherwise (also 0 on any read error: then libpcap opens it and reports the problem, and for
+ * anything but a regular file, such as a pipe, which only libpcap reads).
  * Reads only block headers and IDBs. */
 int pcapng_has_mixed_linktypes(const char *path);
 

@@ -48,7 +48,7 @@ KILLS = 50
 KILL_AFTER = (0.2, 2.5)           # seconds after the start, uniformly (at most 85% of a clean run)
 ROTATE_INTERVAL = 120
 COMMIT_INTERVAL = 0.5
-# One batch write (INSERT_BATCH records with four indexes, or a close) plus one poll of the capture:
+# One batch write (INSERT_BATCH records, or a close that builds the indexes) plus one poll of the capture:
 # what a kill can catch in flight on top of the commit interval. On a loaded machine these take
 # longer: the slack grows with the clean run's duration (a tenth of it, if that is more).
 WRITE_SLACK = 0.5

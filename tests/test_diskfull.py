@@ -5,7 +5,8 @@
    the quota by more than one period's archive, and at the end they are within the quota, the
    newest periods, each exactly what a clean run writes.
 2. ENOSPC: the same capture without any quota, so that only a refused write makes the recorder
-   free space; the test pauses the recorder (SIGSTOP) at chosen moments and
+   free space. The recorder reads it from a FIFO that holds back its last 30% until the end, so it
+   is still recording at every pause; the test pauses it (SIGSTOP) at chosen moments and
    a. fills the filesystem with a ballast file: the recorder logs an error naming the full disk,
       retention deletes the oldest closed archives, and recording goes on;
    b. keeps topping the ballast up until retention has nothing left to delete and the recorder must
@@ -39,6 +40,7 @@ FS_BYTES = 8 << 20
 QUOTA = 2 << 20
 ROTATE_INTERVAL = 60
 CAPTURE = dict(packets=400_000, sessions=40_000, arrivals_per_s=14)   # 48 minutes of packet time
+HOLD_BACK = 0.3                   # the ENOSPC run gets the capture's last 30% only when it may end
 
 
 @pytest.fixture
@@ -242,6 +244,31 @@ def test_quota_holds_on_a_small_filesystem(tmp_path, small_fs, capture):
         assert got["rows"] == reference[got["info"]["period_start"]]
 
 
+class Feeder(threading.Thread):
+    """Writes a capture into a FIFO that the recorder reads (``-r FIFO``), holding its last part
+    back until ``release`` is set: however fast the recorder, it cannot reach the end of the capture
+    while the test still needs it recording."""
+
+    def __init__(self, capture: Path, fifo: Path, hold_back: float):
+        super().__init__(daemon=True)
+        self.capture, self.fifo = capture, fifo
+        self.hold_at = int(capture.stat().st_size * (1 - hold_back))
+        self.release = threading.Event()
+        os.mkfifo(fifo)
+
+    def run(self) -> None:
+        try:
+            with open(self.capture, "rb") as src, open(self.fifo, "wb") as dst:
+                sent = 0
+                while chunk := src.read(1 << 16):
+                    if sent >= self.hold_at:
+                        self.release.wait()
+                    dst.write(chunk)
+                    sent += len(chunk)
+        except BrokenPipeError:
+            pass                          # the recorder was killed: the test reports why
+
+
 def test_enospc_is_survived(tmp_path, small_fs, capture):
     reference = reference_run(tmp_path, capture)
     # No quota at all: only the disk refusing a write (ENOSPC) makes the recorder free space.
@@ -251,7 +278,9 @@ def test_enospc_is_survived(tmp_path, small_fs, capture):
     log = tmp_path / "enospc.log"
     sampler = Sampler(adir)
     sampler.start()
-    proc = record(cfg, capture, small_fs / "data", log)
+    feeder = Feeder(capture, tmp_path / "capture.fifo", HOLD_BACK)
+    feeder.start()
+    proc = record(cfg, feeder.fifo, small_fs / "data", log)
     errors = lambda: log.read_text().count("ERROR")        # noqa: E731
     key = lambda name: archive._sort_key(Path(name))       # noqa: E731
     try:
@@ -290,9 +319,11 @@ def test_enospc_is_survived(tmp_path, small_fs, capture):
         held = int(log.read_text().rsplit("keeping ", 1)[1].split()[0])
         assert held > 0
         ballast.unlink()
+        feeder.release.set()
         proc.send_signal(signal.SIGCONT)
         assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     finally:
+        feeder.release.set()
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)
             proc.kill()

@@ -2,8 +2,13 @@
 
 One self-describing file per rotation period (``flows-YYYYMMDDTHHMMSSZ.sqlite``, UTC) holding
 ``flows``, ``sensor_status`` and ``archive_info``. The open archive is in WAL mode and takes one
-transaction per batch; on rotation it is checkpointed, switched to ``journal_mode=DELETE``, marked
-closed and made read-only, so readers can open it with ``immutable=1`` and downloads can copy it.
+transaction per batch; on rotation it is checkpointed, switched to ``journal_mode=DELETE``, given
+its host and port indexes, marked closed and made read-only, so readers can open it with
+``immutable=1`` and downloads can copy it.
+
+Records from the meter reach the file without becoming Python objects: ``capture.ArchiveStore``
+(native/store.c, a second connection) binds the drained structs. Schema, ``archive_info``, sensor
+status rows and records given as dicts go through the Python connection.
 """
 from __future__ import annotations
 
@@ -312,8 +317,10 @@ class ArchiveWriter:
         self.status_pending.append(tuple(row.get(n) for n, _ in STATUS_COLUMNS))
 
     def commit(self, now: float) -> None:
-        """Write everything queued in one transaction. On a full or failing disk: log, free space
-        by retention, keep the records queued (up to BUFFER_LIMIT) and try again next time."""
+        """Write everything queued: the meter's records in one transaction (ArchiveStore), then
+        status rows and records given as dicts in another. On a full or failing disk: log, free
+        space by retention, keep what was not written queued (up to BUFFER_LIMIT) and try again
+        next time."""
         self.last_commit = time.monotonic()
         if not self.pending and not self.status_pending:
             return

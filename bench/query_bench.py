@@ -275,8 +275,9 @@ def report(rec: dict, rec_d: dict, q: dict, cl: dict, n_set: int, size_set: int,
              f"{(rec_d['size_f'] / rec_d['n_f']) / (rec_d['size_a'] / rec_d['n_a']):.2f} (distinct-1000k)",
              "- Argus records: `ra -X -n -r x.arg - not man` lines (argus with Debian's "
              "/etc/argus.conf: 5 s status interval); flowtap: rows of `flows` (60 s status interval). "
-             "The archive holds 47 columns and 4 indexes (stime, saddr+stime, daddr+stime, "
-             "dport+stime); a .arg record holds Argus's default DSRs.", "",
+             "The archive holds 47 columns and 4 indexes (stime while it is open; saddr+stime, "
+             "daddr+stime and dport+stime built when it closes, included in the wall time); rows "
+             "are bound in C (native/store.c). A .arg record holds Argus's default DSRs.", "",
              "### ra -t over 10 M records", "",
              f"- set: {q['files']} hourly archives, {n_set:,} records, {size_set / 1e9:.2f} GB, "
              f"built in {build_s:.0f} s by SQL from the bench-2m archive ({COPIES} copies per hour, "

@@ -414,17 +414,17 @@ def _letters(col: str) -> str:
     return " || ".join(f"CASE WHEN instr({col}, '{c}') THEN '{c}' ELSE '' END" for c in _FLAG_ORDER)
 
 
-def _merged_columns(keys: Sequence[_cluster.KeyField], need: frozenset[str]) -> list[str]:
-    """SQL, over one group's aggregates (``g``) and its first (``f``) and last (``l``) rows, for
-    each column of the merged record, in RECORD_ORDER (the rules of cluster.Clusterer); NULL for
-    columns not in ``need``."""
+def _merged_columns(keys: Sequence[_cluster.KeyField], need: frozenset[str]) -> list[tuple[str, str]]:
+    """(column, SQL) over one group's aggregates (``g``) and its first (``f``) and last (``l``)
+    rows, for each column of the merged record in ``need`` (and the keys), in RECORD_ORDER (the
+    rules of cluster.Clusterer)."""
     key_of = {k.key: f"g.k{i}" for i, k in enumerate(keys)
               if k.prefix is not None or k.key in _cluster.IDENTITY}
     out = []
     for c in RECORD_ORDER:
         if c not in need and c not in key_of:
-            expr = "NULL"
-        elif c in key_of:
+            continue
+        if c in key_of:
             expr = key_of[c]
         elif c in _cluster.IDENTITY:
             expr = f"CASE WHEN g.n_{c} = g.n AND g.lo_{c} = g.hi_{c} THEN g.lo_{c} END"
@@ -458,14 +458,14 @@ def _merged_columns(keys: Sequence[_cluster.KeyField], need: frozenset[str]) -> 
             expr = f"coalesce(g.min_{c[0]}, f.{c})"
         else:
             raise AssertionError(f"no merge rule for {c}")   # pragma: no cover
-        out.append(expr)
+        out.append((c, expr))
     return out
 
 
 def _group_sql(keys: Sequence[_cluster.KeyField], where: str,
-               need: frozenset[str]) -> tuple[str, list[Any]]:
-    """The per-file GROUP BY statement and its key parameters. Each row: the key values, then
-    n, r_last, all_req, odd, flgs_varies, then the merged record in RECORD_ORDER."""
+               need: frozenset[str]) -> tuple[str, list[Any], list[str]]:
+    """The per-file GROUP BY statement, its key parameters and the merged record's columns. Each
+    row: the key values, then n, r_last, all_req, odd, flgs_varies, then those columns."""
     cols, params = _aggregates(keys, need)
     group = ", ".join(f"+k{i}" for i in range(len(keys)))
     inner = (f"SELECT {', '.join(f'{expr} AS {name}' for name, expr in cols)} "
@@ -478,10 +478,11 @@ def _group_sql(keys: Sequence[_cluster.KeyField], where: str,
     meta = [f"g.k{i}" for i in range(len(keys))]
     meta += ["g.n", "g.r_last", "g.r_nonreq IS NULL" if "state" in need else "0",
              " OR ".join(odd) or "0", "g.flgs_lo IS NOT g.flgs_hi" if "flgs" in need else "0"]
-    sql = (f"WITH g AS ({inner}) SELECT {', '.join(meta + _merged_columns(keys, need))} FROM g "
+    merged = _merged_columns(keys, need)
+    sql = (f"WITH g AS ({inner}) SELECT {', '.join(meta + [expr for _, expr in merged])} FROM g "
            f"CROSS JOIN flows AS f ON f.rowid = g.r_first "
            f"CROSS JOIN flows AS l ON l.rowid = g.r_last WHERE g.n > 0")
-    return sql, params
+    return sql, params, [name for name, _ in merged]
 
 
 def _flgs_sql(keys: Sequence[_cluster.KeyField], where: str) -> str:
@@ -527,7 +528,7 @@ def cluster_file(path: Path, keys: Sequence[_cluster.KeyField], ast: Any,
         if fq.where is None:
             return []
         where, wparams = fq.where
-        sql, kparams = _group_sql(keys, where, need)
+        sql, kparams, names = _group_sql(keys, where, need)
         nk = len(keys)
         out, varied = [], {}
         try:
@@ -537,7 +538,7 @@ def cluster_file(path: Path, keys: Sequence[_cluster.KeyField], ast: Any,
                     n, r_last, all_req, odd, vary = row[nk:nk + 5]
                     if odd:
                         raise _Odd("values the SQL merge does not follow")
-                    rec = dict(zip(RECORD_ORDER, row[nk + 5:]))
+                    rec = dict(zip(names, row[nk + 5:]))     # only the columns asked for
                     rec["trans"] = n
                     if vary:
                         varied[row[:nk]] = rec
@@ -577,7 +578,7 @@ class _Merger(_cluster.Clusterer):
                 raise _Odd("flgs of different widths")
             self._merge(agg, rec)
             if not all_req:
-                agg["state"] = rec["state"]
+                agg["state"] = rec.get("state")
         self._table[key] = agg
 
 

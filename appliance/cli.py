@@ -136,8 +136,9 @@ def _fail(message: str, code: int) -> None:
     raise click.exceptions.Exit(code)
 
 
-def open_archive(path: str, selection: Selection) -> Iterator[dict]:
-    """Records of a flowtap SQLite archive, or of a directory of them, that pass ``selection``.
+def open_archive(path: str, selection: Selection, need: frozenset[str] | None = None) -> Iterator[dict]:
+    """Records of a flowtap SQLite archive, or of a directory of them, that pass ``selection``
+    (with ``need``, holding only those keys).
 
     The filter and ``-t`` range run as parameterised SQL (``query.read_records``), so the
     records need no filtering in Python.
@@ -147,7 +148,7 @@ def open_archive(path: str, selection: Selection) -> Iterator[dict]:
     from . import query
 
     try:
-        yield from query.read_records(path, selection.ast)
+        yield from query.read_records(path, selection.ast, need=need)
     except query.QueryError as e:
         raise SourceError(str(e)) from None
 
@@ -193,14 +194,15 @@ def _stream_records(path: str) -> Iterator[dict]:
 
 
 def open_records(path: str, selection: Selection, stats: dict[str, Any],
-                 direct: Direct | None = None) -> Iterator[dict]:
+                 direct: Direct | None = None, need: frozenset[str] | None = None) -> Iterator[dict]:
     """Yield the records of one input that pass ``selection``, whatever kind the input is.
 
     ``-`` is a record stream on stdin; a file is sniffed: a record stream (``-w`` output), a
     SQLite archive or directory (``open_archive``), else a capture file metered with the default
     configuration (meter counters are added to ``stats``). With ``direct``, a capture file is
     handed to ``direct(path, stats_out)`` instead and yields no records (``_run`` passes it only
-    when nothing would select among them).
+    when nothing would select among them). ``need``: the record keys the caller reads (archives
+    then fetch only those).
 
     :raises SourceError: the input cannot be read, or fails part way (after its records).
     """
@@ -208,7 +210,7 @@ def open_records(path: str, selection: Selection, stats: dict[str, Any],
     if path == "-":
         records: Iterable[dict] = _stream_records(path)
     elif os.path.isdir(path):
-        records, keep = open_archive(path, selection), None
+        records, keep = open_archive(path, selection, need), None
     else:
         try:
             with open(path, "rb") as f:
@@ -216,7 +218,7 @@ def open_records(path: str, selection: Selection, stats: dict[str, Any],
         except OSError as e:
             raise SourceError(e.strerror or str(e)) from None
         if head == SQLITE_MAGIC:
-            records, keep = open_archive(path, selection), None
+            records, keep = open_archive(path, selection, need), None
         elif head.startswith(b'{"flowtap"'):
             records = _stream_records(path)
         else:
@@ -230,12 +232,13 @@ def open_records(path: str, selection: Selection, stats: dict[str, Any],
 
 
 def read_inputs(paths: Iterable[str], selection: Selection, stats: dict[str, Any],
-                errors: list[str], direct: Direct | None = None) -> Iterator[dict]:
+                errors: list[str], direct: Direct | None = None,
+                need: frozenset[str] | None = None) -> Iterator[dict]:
     """Chain the records of every input; a failing input adds a line to ``errors`` and the
     next input is read."""
     for path in paths:
         try:
-            yield from open_records(path, selection, stats, direct)
+            yield from open_records(path, selection, stats, direct, need)
         except SourceError as e:
             errors.append(f"{path}: {e}")
 
@@ -393,7 +396,9 @@ def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], 
     if live:
         records = _live_records(o, errors)
     else:
-        records = read_inputs(o["paths"] or ("-",), selection, stats, errors, direct)
+        # Printed as read (no clustering or sorting): archives need fetch only what is printed.
+        plain_need = need if transform is None and merged is None else None
+        records = read_inputs(o["paths"] or ("-",), selection, stats, errors, direct, plain_need)
     if side == "i" and (skip or stop is not None):
         records = itertools.islice(records, skip, stop)
     sql_merged = (merged(o["paths"] or ("-",), selection, errors, need)

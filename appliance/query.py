@@ -275,9 +275,10 @@ def plan_file(path: Path, ast: Any, deadline: float | None = None) -> FileQuery:
         raise _sql_error(e) from None
 
 
-def record_sql(where: str, indexed: bool = True) -> str:
-    """The statement that reads the records matching ``where`` in rowid order."""
-    return f"SELECT {_SELECT} FROM {source(indexed)} WHERE {where} ORDER BY rid"
+def record_sql(where: str, indexed: bool = True, columns: Sequence[str] = RECORD_ORDER) -> str:
+    """The statement that reads ``columns`` of the records matching ``where`` in rowid order."""
+    select = _SELECT if columns is RECORD_ORDER else ", ".join(ident(k) for k in columns)
+    return f"SELECT {select} FROM {source(indexed)} WHERE {where} ORDER BY rid"
 
 
 def explain(path: str | os.PathLike[str], ast: Any, indexed: bool = True) -> list[str]:
@@ -298,9 +299,10 @@ def explain(path: str | os.PathLike[str], ast: Any, indexed: bool = True) -> lis
 
 # --- reading records ----------------------------------------------------------------------------
 
-def read_file(path: Path, ast: Any, deadline: float | None = None,
-              indexed: bool = True) -> Iterator[dict[str, Any]]:
-    """Records of one archive file that match ``ast``, in rowid order.
+def read_file(path: Path, ast: Any, deadline: float | None = None, indexed: bool = True,
+              need: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Records of one archive file that match ``ast``, in rowid order; with ``need``, holding
+    only those keys (what the caller reads: fewer columns to fetch and to build).
 
     :raises QueryError: unreadable or foreign file, a damaged page (after the records before it),
         or ``QueryTimeout``.
@@ -310,9 +312,9 @@ def read_file(path: Path, ast: Any, deadline: float | None = None,
         if fq.where is None:
             return
         sql, params = fq.where
-        keys = RECORD_ORDER
+        keys = RECORD_ORDER if need is None else tuple(k for k in RECORD_ORDER if k in need) or ("seq",)
         try:
-            cur = fq.conn.execute(record_sql(sql, indexed), params)
+            cur = fq.conn.execute(record_sql(sql, indexed, keys), params)
             while rows := cur.fetchmany(1024):
                 for row in rows:
                     yield dict(zip(keys, row))
@@ -323,7 +325,7 @@ def read_file(path: Path, ast: Any, deadline: float | None = None,
 
 
 def read_records(path: str | os.PathLike[str], ast: Any = None, time_limit: float | None = None,
-                 indexed: bool = True) -> Iterator[dict[str, Any]]:
+                 indexed: bool = True, need: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     """Records matching the filter AST in an archive file or directory (files in name order).
 
     A damaged or foreign file in a directory does not stop the others: their records come first,
@@ -332,6 +334,7 @@ def read_records(path: str | os.PathLike[str], ast: Any = None, time_limit: floa
     :param ast: a ``filter.parse`` AST (the ``-t`` range ANDed in), or None for every record.
     :param time_limit: seconds the whole read may take (``QueryTimeout`` after that).
     :param indexed: False forces a full scan (``NOT INDEXED``; for benchmarks).
+    :param need: the record keys to read (default: all; see ``read_file``).
     :raises QueryError: see above; also when PATH names no archive.
     """
     deadline = _deadline(time_limit)
@@ -339,7 +342,7 @@ def read_records(path: str | os.PathLike[str], ast: Any = None, time_limit: floa
     failed = []
     for f in files:
         try:
-            yield from read_file(f, ast, deadline, indexed)
+            yield from read_file(f, ast, deadline, indexed, need)
         except QueryTimeout:
             raise
         except QueryError as e:

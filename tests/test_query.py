@@ -86,6 +86,21 @@ def test_records_have_the_keys_of_metered_records_in_their_order(pcaps_dir, arch
     assert list(rec) == list(metered)
 
 
+@pytest.mark.parametrize("items", [[], ["stime", "saddr", "daddr", "bytes", "dur"], ["state", "tcprtt"]])
+def test_ra_fetches_only_the_columns_it_prints(runner, archived, tmp_path, items):
+    directory = archived("large/nfstream-tor.pcapng", 60)
+    need = fields.keys_read(fields.parse_field_list(items), fields.FormatOptions())
+    full = list(query.read_records(directory, flt.parse("tcp or udp")))
+    part = list(query.read_records(directory, flt.parse("tcp or udp"), need=need))
+    assert part == [{k: r[k] for k in query.RECORD_ORDER if k in need} for r in full] and len(part) > 20
+    # What ra prints from the archive equals what it prints from a record stream of every column.
+    stream = tmp_path / "all.stream"
+    assert run(runner, "ra", "-w", str(stream), "-r", directory).exit_code == 0
+    args = ["ra", "-n", "-u", "-c", ",", *(["-s", *items] if items else [])]
+    got = run(runner, *args, "-r", directory).stdout
+    assert got == run(runner, *args, "-r", stream).stdout and len(got.splitlines()) > 20
+
+
 def test_every_archive_file_of_a_rotated_directory_is_read(runner, pcaps_dir, archived):
     name = "tcp/nfstream-dnp3-long.pcapng"      # three hours of packet time
     directory = archived(name, rotate_interval=600)

@@ -11,8 +11,8 @@
  * poll/drain loop that would never end), which is reported as STALL. This is a test harness, so it
  * prints; the core never does. */
 #include "sensor.h"
+#include "scratch_store.h"
 
-#include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,15 +26,6 @@ static sensor_flow_t recs[BATCH];
 static sensor_store_t *store;      /* every drained record is inserted (and rolled back) */
 static int store_failed;
 
-/* The flows table's columns (appliance/archive.py FLOW_COLUMNS), untyped: enough for store.c. */
-static const char SCHEMA[] =
-    "CREATE TABLE IF NOT EXISTS flows (srcid, seq, cause, stime, ltime, dur, proto, saddr, sport,"
-    " daddr, dport, dir, state, spkts, dpkts, sbytes, dbytes, sappbytes, dappbytes, stos, dtos, sttl,"
-    " dttl, smac, dmac, svlan, dvlan, smpls, dmpls, sflags, dflags, synack, ackdat, tcprtt, sretrans,"
-    " dretrans, sgap, dgap, smaxsz, sminsz, dmaxsz, dminsz, flgs, conn_state, history, community_id,"
-    " sintf);"
-    "CREATE TABLE IF NOT EXISTS archive_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
-
 /* Drain until a partial batch comes back; returns records taken, or -1 on a stall. */
 static long drain_all(sensor_t *s, uint64_t now_us)
 {
@@ -42,29 +33,12 @@ static long drain_all(sensor_t *s, uint64_t now_us)
     for (long round = 0; round < MAX_DRAIN_ROUNDS; round++) {
         size_t n = sensor_drain(s, recs, BATCH, now_us);
         total += (long)n;
-        if (store && n && (sensor_store_exec(store, "BEGIN") || sensor_store_insert(store, recs, n)
-                           || sensor_store_exec(store, "ROLLBACK")))
+        if (scratch_store_insert(store, recs, n))
             store_failed = 1;
         if (n < BATCH)
             return total;
     }
     return -1;
-}
-
-/* Make the scratch archive and open the store on it; 0 on success. */
-static int open_store(const char *path)
-{
-    char errbuf[SENSOR_ERRBUF_SIZE];
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open(path, &db);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(db, SCHEMA, NULL, NULL, NULL);
-    sqlite3_close(db);
-    if (rc != SQLITE_OK || sensor_store_open(path, "asan-sensor", errbuf, &store) != SENSOR_OK) {
-        printf("store: cannot open %s\n", path);
-        return 1;
-    }
-    return 0;
 }
 
 /* Meter one file; returns 0, or 1 when the core stalled. */
@@ -157,8 +131,10 @@ int main(int argc, char **argv)
 
     int first = 1;
     if (argc > 2 && strcmp(argv[1], "--store") == 0) {
-        if (open_store(argv[2]))
+        if (!(store = scratch_store_open(argv[2], 0))) {
+            printf("store: cannot open %s\n", argv[2]);
             return 1;
+        }
         first = 3;
     }
     for (int i = first; i < argc; i++) {

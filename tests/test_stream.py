@@ -297,7 +297,7 @@ def test_attached_clients_get_exactly_what_the_archive_gets(lab, recorder, web_f
 
 # --- (c) refusals -------------------------------------------------------------------------------
 
-def test_no_wrong_or_revoked_token_is_refused(web, writer):
+def test_wrong_missing_or_revoked_tokens_are_refused(web, writer):
     write(writer, range(1, 3))
     token = web.make_token("laptop")
 

@@ -268,8 +268,9 @@ def meter(args: argparse.Namespace) -> int:
         f"| RSS (d) flowtap CSV / argus | {ratio(d.rss_kb, b.rss_kb)} |",
     ]
     generator = "python bench/gen_capture.py " + " ".join(gen_args)
+    repeat = f" --repeat {args.repeat}" if args.repeat != 3 else ""
     body = header("Metering a capture file", capture, packets, generator, args.repeat,
-                  ".venv/bin/python bench/run.py") + table(cases, packets) + [""] + ratios
+                  f".venv/bin/python bench/run.py{repeat}") + table(cases, packets) + [""] + ratios
     if c.stderr.strip():
         body += ["", f"flowtap ra -q summary: `{c.stderr.strip().splitlines()[-1]}`"]
     print("\n".join(body))

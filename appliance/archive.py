@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .capture import ArchiveStore
+from .capture import RECORD_SIZE, ArchiveStore
 from .config import ArchiveConfig
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,9 @@ class ArchiveWriter:
         self.interface = interface
         self.config_digest = config_digest
         self.current: OpenArchive | None = None
-        self.pending: list[bytes | tuple] = []   # packed records, or rows of records given as dicts
+        self.packed: list[bytes] = []    # batches of packed records, as the meter drains them
+        self.rows: list[tuple] = []      # rows of records given as dicts
+        self.queued = 0                  # records in both
         self.status_pending: list[tuple] = []
         self.last_commit = time.monotonic()
         self.clock = 0.0                 # the recorder clock of the last add()
@@ -289,26 +291,32 @@ class ArchiveWriter:
         log.info("opened archive %s", path.name)
         return OpenArchive(path, conn, store, period)
 
-    def add_packed(self, packed: Iterable[bytes], now: float) -> None:
-        """Queue records that ended by ``now``, packed as the meter drains them
-        (``Capture.drain_packed``); commits when the commit interval has passed or the batch is
-        large, and rotates first when ``now`` has entered a new period.
+    def add_packed(self, packed: bytes, now: float) -> None:
+        """Queue records that ended by ``now``, packed as the meter drains them (concatenated
+        sensor_flow_t, ``Capture.drain_packed``); commits when the commit interval has passed or
+        the batch is large, and rotates first when ``now`` has entered a new period.
 
         :param now: the recorder's clock (packet time for files; max(packet, wall clock) live).
         """
-        self._queue(packed, now)
+        self.rotate_if_due(now)
+        if packed:
+            self.packed.append(packed)
+            self.queued += len(packed) // RECORD_SIZE
+        self._queued(now)
 
     def add(self, records: Iterable[dict[str, Any]], now: float) -> None:
         """Like :meth:`add_packed` for records as dicts (tools and tests; slower)."""
-        names = FLOW_NAMES
-        self._queue((tuple(r[n] for n in names) for r in records), now)
-
-    def _queue(self, items: Iterable[bytes | tuple], now: float) -> None:
         self.rotate_if_due(now)
-        self.pending.extend(items)
+        names = FLOW_NAMES
+        rows = [tuple(r[n] for n in names) for r in records]
+        self.rows.extend(rows)
+        self.queued += len(rows)
+        self._queued(now)
+
+    def _queued(self, now: float) -> None:
         self.clock = now
         due = time.monotonic() - self.last_commit >= self.cfg.commit_interval
-        if due or (len(self.pending) >= self.INSERT_BATCH and not self.failing):
+        if due or (self.queued >= self.INSERT_BATCH and not self.failing):
             self.commit(now)
 
     def add_status(self, row: dict[str, Any]) -> None:
@@ -322,31 +330,33 @@ class ArchiveWriter:
         space by retention, keep what was not written queued (up to BUFFER_LIMIT) and try again
         next time."""
         self.last_commit = time.monotonic()
-        if not self.pending and not self.status_pending:
+        if not self.queued and not self.status_pending:
             return
         try:
             if self.current is None:
                 self.current = self._open(now)
             cur = self.current
             cut = time.time()            # everything queued before this instant is in this commit
-            packed = [p for p in self.pending if isinstance(p, bytes)]
-            if packed:
+            if self.packed:
+                packed = b"".join(self.packed)
+                n = len(packed) // RECORD_SIZE
                 store = cur.store
                 store.execute("BEGIN IMMEDIATE")
-                store.insert(b"".join(packed))
-                store.set_info("records", json.dumps(cur.records + len(packed)))
+                store.insert(packed)
+                store.set_info("records", json.dumps(cur.records + n))
                 store.set_info("last_commit_at", json.dumps(cut))
                 store.execute("COMMIT")
-                self._written(cur, len(packed))
-                self.pending = [p for p in self.pending if not isinstance(p, bytes)]
-            if self.pending or self.status_pending:
+                self._written(cur, n)
+                self.packed.clear()
+            if self.rows or self.status_pending:
+                n = len(self.rows)
                 cur.conn.execute("BEGIN")
-                cur.conn.executemany(self._insert, self.pending)
+                cur.conn.executemany(self._insert, self.rows)
                 cur.conn.executemany(self._insert_status, self.status_pending)
-                _set_info(cur.conn, records=cur.records + len(self.pending), last_commit_at=cut)
+                _set_info(cur.conn, records=cur.records + n, last_commit_at=cut)
                 cur.conn.execute("COMMIT")
-                self._written(cur, len(self.pending))
-                self.pending.clear()
+                self._written(cur, n)
+                self.rows.clear()
                 self.status_pending.clear()
         except (sqlite3.OperationalError, OSError) as exc:
             self._write_failed(exc)
@@ -361,6 +371,7 @@ class ArchiveWriter:
     def _written(self, cur: OpenArchive, n: int) -> None:
         cur.records += n
         self.records_written += n
+        self.queued -= n
 
     def _write_failed(self, exc: Exception) -> None:
         self.write_errors += 1
@@ -368,10 +379,10 @@ class ArchiveWriter:
         self.last_error = str(exc)
         if is_disk_full(exc):
             log.error("disk full: cannot write archives in %s (%s); deleting the oldest archives "
-                      "to make room and keeping %d records queued", self.dir, exc, len(self.pending))
+                      "to make room and keeping %d records queued", self.dir, exc, self.queued)
         else:
             log.error("archive write failed (%s); freeing space and keeping %d records queued",
-                      exc, len(self.pending))
+                      exc, self.queued)
         if self.current is not None:
             for rollback in (self.current.store.execute, self.current.conn.execute):
                 try:
@@ -379,20 +390,34 @@ class ArchiveWriter:
                 except sqlite3.Error:
                     pass            # no transaction was open on that connection
         self.enforce_retention(emergency=True)
-        if len(self.pending) > self.BUFFER_LIMIT:
-            dropped = len(self.pending) - self.BUFFER_LIMIT
-            del self.pending[:dropped]
+        if self.queued > self.BUFFER_LIMIT:
+            dropped = self._drop_oldest(self.queued - self.BUFFER_LIMIT)
             self.records_lost += dropped
             log.error("dropped %d records: the disk has refused writes for too long", dropped)
+
+    def _drop_oldest(self, n: int) -> int:
+        """Forget the n oldest queued records (whole batches, the last one cut); returns n."""
+        left = n
+        while left and self.packed:
+            k = len(self.packed[0]) // RECORD_SIZE
+            if k <= left:
+                self.packed.pop(0)
+                left -= k
+            else:
+                self.packed[0] = self.packed[0][left * RECORD_SIZE:]
+                left = 0
+        del self.rows[:left]
+        self.queued -= n
+        return n
 
     def rotate_if_due(self, now: float) -> None:
         """Close the period's archive once the clock has left its period. Queued records belong to
         the period of the clock when they were queued, so they are written there first."""
         period = self.current.period if self.current else (
-            period_start(self.clock, self.cfg.rotate_interval) if self.pending else None)
+            period_start(self.clock, self.cfg.rotate_interval) if self.queued else None)
         if period is None or period_start(now, self.cfg.rotate_interval) == period:
             return
-        if self.pending or self.status_pending:
+        if self.queued or self.status_pending:
             self.commit(self.clock)
         self.rotate(self.clock)
 
@@ -400,10 +425,10 @@ class ArchiveWriter:
         """Commit, close the open archive and apply retention; the next commit opens a new one."""
         if self.current is None:
             return
-        if self.pending or self.status_pending:
+        if self.queued or self.status_pending:
             cur = self.current
             self.commit(now)
-            if self.current is not cur or self.pending:
+            if self.current is not cur or self.queued:
                 return                      # commit rotated already, or the disk is refusing writes
         cur, self.current = self.current, None
         cur.close()
@@ -434,13 +459,13 @@ class ArchiveWriter:
         still refuses are counted in ``records_lost``; an archive that cannot be closed is left for
         recovery on the next start."""
         now = time.time() if now is None else now
-        if self.pending or self.status_pending:
+        if self.queued or self.status_pending:
             self.commit(now)
         self.rotate(now)
-        if self.pending or self.status_pending:
-            self.records_lost += len(self.pending)
-            log.error("stopping with %d records not written: %s", len(self.pending), self.last_error)
-            self.pending.clear()
+        if self.queued or self.status_pending:
+            self.records_lost += self.queued
+            log.error("stopping with %d records not written: %s", self.queued, self.last_error)
+            self._drop_oldest(self.queued)
             self.status_pending.clear()
             self.rotate(now)
         for path in list(self.unclosed):

@@ -12,7 +12,7 @@ import os
 import socket
 import sqlite3
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .config import Config, FlowsConfig
@@ -186,14 +186,13 @@ class Capture:
             if n < DRAIN_BATCH:
                 return
 
-    def drain_packed(self, now_us: int) -> Iterator[list[bytes]]:
-        """Finished records as packed sensor_flow_t bytes, one per record (ArchiveStore's input),
-        in batches of at most DRAIN_BATCH (so ending a full table does not hold it all at once)."""
+    def drain_packed(self, now_us: int) -> Iterator[bytes]:
+        """Finished records as packed sensor_flow_t (ArchiveStore's input), in batches of at most
+        DRAIN_BATCH records (so ending a full table does not hold it all at once)."""
         while True:
             n = lib.sensor_drain(self._h, self._out, DRAIN_BATCH, now_us)
             if n:
-                blob = bytes(self._view[: n * RECORD_SIZE])
-                yield [blob[i:i + RECORD_SIZE] for i in range(0, len(blob), RECORD_SIZE)]
+                yield bytes(self._view[: n * RECORD_SIZE])
             if n < DRAIN_BATCH:
                 return
 
@@ -401,9 +400,9 @@ class ArchiveStore:
             self._h = None
 
 
-def unpack_records(packed: Iterable[bytes], srcid: str) -> list[dict[str, Any]]:
+def unpack_records(packed: bytes, srcid: str) -> list[dict[str, Any]]:
     """Record dicts of packed records (for exporters fed by the recorder)."""
-    return [to_record(RECORD.unpack(p), srcid) for p in packed]
+    return [to_record(r, srcid) for r in RECORD.iter_unpack(packed)]
 
 
 def meter_file(path: str, config: Config | None = None,

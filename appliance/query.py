@@ -36,7 +36,7 @@ import re
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from . import archive as _archive
 from . import cluster as _cluster
@@ -50,6 +50,7 @@ IDENTIFIERS: frozenset[str] = frozenset(_archive.FLOW_NAMES) | frozenset(_archiv
 PROGRESS_STEPS = 20_000          # SQLite VM steps between time-limit checks
 DUR_SLACK = 1.0                  # seconds added to the widest record when bounding stime
 _max_dur_cache: dict[tuple[str, int, int], float] = {}
+T = TypeVar("T")
 
 
 class QueryError(Exception):
@@ -338,15 +339,23 @@ def read_records(path: str | os.PathLike[str], ast: Any = None, time_limit: floa
     :raises QueryError: see above; also when PATH names no archive.
     """
     deadline = _deadline(time_limit)
+    yield from _each_file(Path(path), lambda f: read_file(f, ast, deadline, indexed, need))
+
+
+def _each_file(path: Path, read: Callable[[Path], Iterator[T]]) -> Iterator[T]:
+    """What ``read`` yields for each archive file of ``path`` (a file, or a directory's in name
+    order). A failing file does not stop the others: one ``QueryError`` naming each failed file
+    comes last; a file named by ``path`` itself raises its own error; a timeout stops everything.
+    """
     files = archive_files(path)
     failed = []
     for f in files:
         try:
-            yield from read_file(f, ast, deadline, indexed, need)
+            yield from read(f)
         except QueryTimeout:
             raise
         except QueryError as e:
-            if len(files) == 1 and Path(path) == f:
+            if len(files) == 1 and path == f:
                 raise
             failed.append(f"{f.name}: {e}")
     if failed:
@@ -631,16 +640,4 @@ def cluster_archives(paths: Iterable[str | os.PathLike[str]], keys: Sequence[_cl
 
 def _cluster_path(path: Path, keys: Sequence[_cluster.KeyField], ast: Any, deadline: float | None,
                   need: frozenset[str]) -> Iterator[tuple[tuple, dict[str, Any], bool]]:
-    files = archive_files(path)
-    bad = []
-    for f in files:
-        try:
-            yield from cluster_file(f, keys, ast, deadline, need)
-        except QueryTimeout:
-            raise
-        except QueryError as e:
-            if len(files) == 1 and path == f:
-                raise
-            bad.append(f"{f.name}: {e}")
-    if bad:
-        raise QueryError("; ".join(bad))
+    return _each_file(path, lambda f: iter(cluster_file(f, keys, ast, deadline, need)))

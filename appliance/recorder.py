@@ -102,7 +102,7 @@ class Recorder:
                 recs = capture.unpack_records(packed, self.config.sensor.id)
                 for hook in self.on_records:
                     hook(recs)
-            total += len(packed)
+            total += len(packed) // capture.RECORD_SIZE
         return total
 
     def status_row(self, stats: dict[str, Any], now: float, interface: str,

@@ -74,7 +74,7 @@ def test_rows_bound_in_c_equal_rows_from_record_dicts_on_every_capture(tmp_path,
             d = tmp_path / str(i) / how
             w = ArchiveWriter(dataclasses.replace(cfg.archive, dir=str(d)), cfg.sensor.id, "x", "d")
             if how == "packed":
-                w.add_packed([capture.RECORD.pack(*r) for r in raw], now)
+                w.add_packed(b"".join(capture.RECORD.pack(*r) for r in raw), now)
             else:
                 w.add([capture.to_record(r, cfg.sensor.id) for r in raw], now)
             w.close(now)
@@ -82,6 +82,25 @@ def test_rows_bound_in_c_equal_rows_from_record_dicts_on_every_capture(tmp_path,
         assert dirs["packed"] == dirs["dicts"], path.name
         compared += len(raw)
     assert compared > 3000
+
+
+def test_records_beyond_the_buffer_limit_go_oldest_first(tmp_path, pcaps_dir):
+    """While the disk refuses writes the queue is cut to BUFFER_LIMIT from its oldest end: whole
+    drained batches, and the last one cut inside."""
+    cfg = make_config(tmp_path, commit_interval=3600)
+    raw = list(capture.meter_file_raw(str(pcaps_dir / "large/pcpp-many-protocols.pcap"), cfg.flows))
+    batches = [b"".join(capture.RECORD.pack(*r) for r in raw[i:i + 100]) for i in range(0, len(raw), 100)]
+    assert len(batches) >= 3
+    w = ArchiveWriter(cfg.archive, cfg.sensor.id, "x", "d")
+    w.INSERT_BATCH = len(raw) + 1
+    now = raw[-1][2] / 1e6
+    for batch in batches:
+        w.add_packed(batch, now)
+    assert w.queued == len(raw)
+    assert w._drop_oldest(150) == 150 and w.queued == len(raw) - 150
+    w.close(now)
+    kept = [r["seq"] for r in query.read_records(Path(cfg.archive.dir))]
+    assert kept == [r[0] for r in raw[150:]]
 
 
 def test_rotation_by_period_splits_nothing_and_info_matches(tmp_path, pcaps_dir):

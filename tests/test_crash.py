@@ -53,7 +53,9 @@ COMMIT_INTERVAL = 0.5
 # longer: the slack grows with the clean run's duration (a tenth of it, if that is more).
 WRITE_SLACK = 0.5
 SPARSE = dict(packets=500_000, sessions=50_000, arrivals_per_s=14)     # ~1 h of packet time
-DENSE = dict(packets=500_000, sessions=50_000, arrivals_per_s=1200)    # ~40 s of packet time
+# ~3 min of packet time: with rows bound in C the recorder writes this in about 2 s here, long
+# enough for kills up to KILL_AFTER's end to land while it records.
+DENSE = dict(packets=2_000_000, sessions=200_000, arrivals_per_s=1200)
 SEED = int(os.environ.get("FLOWTAP_CRASH_SEED", "0")) or random.randrange(1, 1 << 30)
 
 

@@ -164,13 +164,19 @@ def logged_in() -> bool:
             and hmac.compare_digest(str(session.get("epoch", "")), creds.epoch))
 
 
+def _unblocked_client(message: str = "Too many failed attempts: wait a few minutes.") -> str:
+    """The client's address, or a 429 with ``message`` when it (or everyone) failed too often."""
+    client = request.remote_addr or "?"
+    if limiter().blocked(client):
+        abort(429, message)
+    return client
+
+
 def _basic_auth_ok() -> bool:
     auth = request.authorization
     if auth is None or auth.type != "basic" or auth.username != "admin":
         return False
-    client = request.remote_addr or "?"
-    if limiter().blocked(client):
-        abort(429, "Too many failed logins: wait a few minutes.")
+    client = _unblocked_client("Too many failed logins: wait a few minutes.")
     if credentials().verify(auth.password or ""):
         return True
     limiter().failed(client)
@@ -262,9 +268,7 @@ def setup():
         return redirect(url_for("auth.login"))
     error, status = None, 200
     if request.method == "POST":
-        client = request.remote_addr or "?"
-        if limiter().blocked(client):
-            abort(429, "Too many failed attempts: wait a few minutes.")
+        client = _unblocked_client()
         password, confirm = request.form.get("password", ""), request.form.get("confirm", "")
         if not creds.check_token(request.form.get("token", "").strip()):
             limiter().failed(client)
@@ -286,9 +290,7 @@ def login():
         return redirect(url_for("auth.setup"))
     error, status = None, 200
     if request.method == "POST":
-        client = request.remote_addr or "?"
-        if limiter().blocked(client):
-            abort(429, "Too many failed logins: wait a few minutes.")
+        client = _unblocked_client("Too many failed logins: wait a few minutes.")
         if credentials().verify(request.form.get("password", "")):
             _start_session()
             return redirect(_safe_next(request.form.get("next")))
@@ -310,9 +312,7 @@ def password():
     """Change the admin password (every other session ends)."""
     error, status = None, 200
     if request.method == "POST":
-        client = request.remote_addr or "?"
-        if limiter().blocked(client):
-            abort(429, "Too many failed attempts: wait a few minutes.")
+        client = _unblocked_client()
         new, confirm = request.form.get("new", ""), request.form.get("confirm", "")
         if not credentials().verify(request.form.get("current", "")):
             limiter().failed(client)

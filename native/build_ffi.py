@@ -26,8 +26,9 @@ ffibuilder.set_source(
     sources=[f"native/{name}" for name in SOURCES],
     include_dirs=["native"],
     libraries=["pcap", "sqlite3"],
-    extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE"]
+    extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE", "-pthread"]
     + (["-Werror"] if os.environ.get("FLOWTAP_WERROR") else []),
+    extra_link_args=["-pthread"],             # sensor.c reads capture files ahead on a thread
 )
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 #include "pcapng.h"
 
 #include <pcap/pcap.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,14 +41,45 @@ typedef struct staged {
     uint8_t source;
 } staged_t;
 
+/* A capture file is read ahead on a second thread: libpcap's read (two copies of every byte) and
+ * the stateless decoder run there, the flow table on the caller's thread, so a file is metered
+ * on two cores, as argus | ra runs on two. Decoded packets pass in blocks through a small ring;
+ * the caller meters them one by one, so poll's packet budget and until_us stay exact. */
+enum { READ_BLOCK = 1024, READ_BLOCKS = 4 };
+
+typedef struct read_entry {
+    decode_pkt_t pkt;
+    uint64_t ts;
+    uint32_t len;                 /* wire length */
+    int32_t rc;                   /* decode_packet's result */
+} read_entry_t;
+
+typedef struct read_block {
+    read_entry_t e[READ_BLOCK];
+    int n;                        /* entries filled */
+    int end;                      /* after the entries: 0, SENSOR_EOF or SENSOR_EFILE */
+    char err[SENSOR_ERRBUF_SIZE]; /* the read error, with SENSOR_EFILE */
+} read_block_t;
+
+typedef struct reader {
+    read_block_t *blocks;         /* READ_BLOCKS, NULL until the first poll */
+    unsigned filled, taken;       /* blocks handed over and given back (filled - taken <= READ_BLOCKS) */
+    int pos;                      /* next entry of the oldest filled block */
+    int threaded;                 /* a thread fills the blocks; otherwise poll fills one when empty */
+    int stop;                     /* close asks the thread to end */
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+} reader_t;
+
 struct sensor {
     source_t src[SENSOR_MAX_SOURCES];
+    reader_t reader;              /* capture files only */
     staged_t *staged;             /* merge buffer, only with two or more live sources */
     size_t nstaged;
     int nsrc, live, eof;
     int current;                  /* the source being dispatched (its index tags new flows) */
     uint64_t until_us;            /* poll stops after the first packet at or past this (0 = never) */
-    int reached;                  /* that packet has been seen */
     ft_table_t *ft;
     decode_pkt_t batch[FT_BATCH]; /* decoded packets not yet metered (flushed before poll returns) */
     uint64_t batch_ts[FT_BATCH];
@@ -236,6 +268,10 @@ static int compile_filter(sensor_t *s, pcap_t *p, const char *bpf)
 
 int sensor_set_filter(sensor_t *s, const char *bpf)
 {
+    if (s->reader.blocks) {                   /* the read-ahead thread owns the file's handle */
+        set_error(s->err, "a BPF filter must be set before the file is read");
+        return SENSOR_EINVAL;
+    }
     for (int i = 0; i < s->nsrc; i++) {
         if (!s->src[i].pcap) {
             set_error(s->err, "this capture cannot take a BPF filter");
@@ -295,14 +331,12 @@ static size_t release(sensor_t *s, int force)
     return n;
 }
 
-static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, uint32_t caplen,
-                  uint32_t len)
+/* Count one packet and queue it for the flow table (rc: decode_packet's result for it). */
+static void meter_decoded(sensor_t *s, const decode_pkt_t *p, int rc, uint64_t ts, uint32_t len)
 {
     s->stats.packets++;
     s->stats.bytes += len;
     if (ts > s->stats.last_packet_us) s->stats.last_packet_us = ts;
-    decode_pkt_t *p = &s->batch[s->nbatch];
-    int rc = decode_packet(linktype, data, caplen, len, p);
     if (rc < 0) {
         s->stats.decode_errors[-1 - rc]++;
         return;
@@ -315,8 +349,17 @@ static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, u
         st->source = (uint8_t)s->current;
         return;
     }
+    if (p != &s->batch[s->nbatch]) s->batch[s->nbatch] = *p;
     s->batch_ts[s->nbatch++] = ts;
     if (s->nbatch == FT_BATCH) flush(s);
+}
+
+/* Live frames: decoded straight into the batch's next slot. */
+static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, uint32_t caplen,
+                  uint32_t len)
+{
+    decode_pkt_t *p = &s->batch[s->nbatch];
+    meter_decoded(s, p, decode_packet(linktype, data, caplen, len, p), ts, len);
 }
 
 static void on_packet(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
@@ -327,59 +370,178 @@ static void on_packet(u_char *user, const struct pcap_pkthdr *h, const u_char *b
     src->packets++;
     src->bytes += h->len;
     meter(s, src->linktype, ts, bytes, h->caplen, h->len);
-    if (s->until_us && ts >= s->until_us) {
-        s->reached = 1;
-        pcap_breakloop(src->pcap);
-    }
+    if (s->until_us && ts >= s->until_us) pcap_breakloop(src->pcap);
 }
 
-static int poll_pcapng(sensor_t *s, pcapng_reader_t *ng, int cnt)
+/* pcap_dispatch callback of the read-ahead: decode into the next entry of the block. */
+static void on_read(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
 {
-    int n = 0;
-    while (n < cnt) {
-        uint64_t ts;
-        uint32_t caplen, len;
-        int linktype;
-        const uint8_t *data;
-        int rc = pcapng_next(ng, &ts, &caplen, &len, &linktype, &data);
+    read_block_t *b = (read_block_t *)user;
+    int linktype = b->end;                    /* fill_block parks the link type here while reading */
+    read_entry_t *e = &b->e[b->n++];
+    e->ts = (uint64_t)h->ts.tv_sec * 1000000u + (uint64_t)h->ts.tv_usec;
+    e->len = h->len;
+    e->rc = decode_packet(linktype, bytes, h->caplen, h->len, &e->pkt);
+}
+
+/* Read and decode up to READ_BLOCK packets of the file into b; b->end says how the file ended. */
+static void fill_block(source_t *src, read_block_t *b)
+{
+    b->n = 0;
+    if (src->ng) {
+        b->end = 0;
+        while (b->n < READ_BLOCK) {
+            read_entry_t *e = &b->e[b->n];
+            uint32_t caplen;
+            int linktype;
+            const uint8_t *data;
+            int rc = pcapng_next(src->ng, &e->ts, &caplen, &e->len, &linktype, &data);
+            if (rc <= 0) {
+                b->end = rc == 0 ? SENSOR_EOF : SENSOR_EFILE;
+                if (rc < 0) set_error(b->err, "%s", pcapng_error(src->ng));
+                return;
+            }
+            e->rc = decode_packet(linktype, data, caplen, e->len, &e->pkt);
+            b->n++;
+        }
+        return;
+    }
+    while (b->n < READ_BLOCK) {
+        b->end = src->linktype;
+        int rc = pcap_dispatch(src->pcap, READ_BLOCK - b->n, on_read, (u_char *)b);
+        b->end = 0;
         if (rc == 0) {
-            s->eof = 1;
-            return n ? n : SENSOR_EOF;
+            b->end = SENSOR_EOF;
+            return;
         }
         if (rc < 0) {
-            s->eof = 1;
-            set_error(s->err, "%s", pcapng_error(ng));
-            return SENSOR_EFILE;
+            b->end = SENSOR_EFILE;
+            set_error(b->err, "%s", pcap_geterr(src->pcap));
+            return;
         }
-        meter(s, linktype, ts, data, caplen, len);
-        n++;
-        if (s->until_us && ts >= s->until_us) break;
     }
-    return n;
 }
 
-/* Files: one source, read until cnt packets, EOF or the until_us packet. */
+static void *read_ahead(void *arg)
+{
+    sensor_t *s = arg;
+    reader_t *r = &s->reader;
+    for (;;) {
+        pthread_mutex_lock(&r->lock);
+        while (!r->stop && r->filled - r->taken == READ_BLOCKS) pthread_cond_wait(&r->changed, &r->lock);
+        int stop = r->stop;
+        read_block_t *b = &r->blocks[r->filled % READ_BLOCKS];
+        pthread_mutex_unlock(&r->lock);
+        if (stop) return NULL;
+        fill_block(&s->src[0], b);            /* the caller never touches a block not yet filled */
+        pthread_mutex_lock(&r->lock);
+        r->filled++;
+        pthread_cond_signal(&r->changed);
+        pthread_mutex_unlock(&r->lock);
+        if (b->end) return NULL;
+    }
+}
+
+/* First poll of a file: the ring, and the thread when one can be made (else poll reads itself). */
+static int reader_start(sensor_t *s)
+{
+    reader_t *r = &s->reader;
+    r->blocks = malloc(READ_BLOCKS * sizeof *r->blocks);
+    if (!r->blocks) {
+        set_error(s->err, "out of memory for the read-ahead buffer");
+        return SENSOR_ENOMEM;
+    }
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->changed, NULL);
+    r->threaded = pthread_create(&r->thread, NULL, read_ahead, s) == 0;
+    return SENSOR_OK;
+}
+
+static void reader_stop(reader_t *r)
+{
+    if (!r->blocks) return;
+    if (r->threaded) {
+        pthread_mutex_lock(&r->lock);
+        r->stop = 1;
+        pthread_cond_signal(&r->changed);
+        pthread_mutex_unlock(&r->lock);
+        pthread_join(r->thread, NULL);
+    }
+    pthread_mutex_destroy(&r->lock);
+    pthread_cond_destroy(&r->changed);
+    free(r->blocks);
+    r->blocks = NULL;
+}
+
+/* The oldest filled block, waiting for the thread if it has none yet. */
+static read_block_t *reader_next(sensor_t *s)
+{
+    reader_t *r = &s->reader;
+    if (!r->threaded) {
+        if (r->filled == r->taken) {
+            fill_block(&s->src[0], &r->blocks[0]);
+            r->filled++;
+        }
+        return &r->blocks[0];
+    }
+    pthread_mutex_lock(&r->lock);
+    while (r->filled == r->taken) pthread_cond_wait(&r->changed, &r->lock);
+    pthread_mutex_unlock(&r->lock);
+    return &r->blocks[r->taken % READ_BLOCKS];
+}
+
+/* Give the oldest block back for refilling. */
+static void reader_release(reader_t *r)
+{
+    r->pos = 0;
+    if (!r->threaded) {
+        r->taken++;
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    r->taken++;
+    pthread_cond_signal(&r->changed);
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* Files: one source, read until cnt packets, EOF or the until_us packet. A read error comes
+ * after the packets read before it were metered. */
 static int poll_file(sensor_t *s, int cnt)
 {
+    reader_t *r = &s->reader;
+    if (!r->blocks) {
+        int rc = reader_start(s);
+        if (rc < 0) return rc;
+    }
     source_t *src = &s->src[0];
-    if (src->ng) {
-        int n = poll_pcapng(s, src->ng, cnt);
-        flush(s);
-        return n;
+    int n = 0;
+    while (n < cnt) {
+        read_block_t *b = reader_next(s);
+        while (r->pos < b->n && n < cnt) {
+            const read_entry_t *e = &b->e[r->pos++];
+            src->packets++;
+            src->bytes += e->len;
+            meter_decoded(s, &e->pkt, e->rc, e->ts, e->len);
+            n++;
+            if (s->until_us && e->ts >= s->until_us) {
+                flush(s);
+                return n;
+            }
+        }
+        if (r->pos < b->n) break;             /* budget spent inside the block */
+        if (b->end) {
+            flush(s);
+            s->eof = 1;
+            if (b->end == SENSOR_EFILE) {
+                set_error(s->err, "%s", b->err);
+                return SENSOR_EFILE;
+            }
+            return n ? n : SENSOR_EOF;
+        }
+        reader_release(r);
     }
-    int rc = pcap_dispatch(src->pcap, cnt, on_packet, (u_char *)s);
     flush(s);
-    if (rc == PCAP_ERROR) {
-        set_error(s->err, "%s", pcap_geterr(src->pcap));
-        s->eof = 1;
-        return SENSOR_EFILE;
-    }
-    if (rc == PCAP_ERROR_BREAK) return s->reached ? 1 : 0;
-    if (rc == 0) {
-        s->eof = 1;
-        return SENSOR_EOF;
-    }
-    return rc;
+    return n;
 }
 
 /* Live: every source in turn, each with its share of the budget; never blocks. */
@@ -411,7 +573,6 @@ int sensor_poll(sensor_t *s, int max_packets, uint64_t until_us)
 {
     if (s->eof) return SENSOR_EOF;
     s->until_us = until_us;
-    s->reached = 0;
     size_t room = ft_ring_free(s->ft) / FT_RECORDS_PER_PACKET;
     int cnt = (size_t)max_packets < room ? max_packets : (int)room;
     if (cnt <= 0) return 0;                   /* the caller drains, then polls again */
@@ -472,6 +633,7 @@ size_t sensor_entry_size(void) { return ft_entry_size(); }
 void sensor_close(sensor_t *s)
 {
     if (!s) return;
+    reader_stop(&s->reader);                  /* before its source is closed */
     for (int i = 0; i < s->nsrc; i++) {
         if (s->src[i].pcap) pcap_close(s->src[i].pcap);   /* fcloses a file's FILE */
         free(s->src[i].filebuf);

@@ -162,7 +162,8 @@ int sensor_set_filter(sensor_t *s, const char *bpf);
 int sensor_reconfigure(sensor_t *s, const sensor_config_t *cfg);
 /* Read and meter up to max_packets packets: >= 0 handled, SENSOR_EOF, or SENSOR_E* (< 0).
  * With until_us > 0 it also stops right after the first packet at or past until_us, so callers can
- * act on packet-time boundaries (rotation, status rows) while reading files. */
+ * act on packet-time boundaries (rotation, status rows) while reading files. A file is read and
+ * decoded ahead on a thread of its own from the first poll on (so set a BPF filter before it). */
 int sensor_poll(sensor_t *s, int max_packets, uint64_t until_us);
 /* Copy up to cap finished records into out, expiring flows idle at now_us first. */
 size_t sensor_drain(sensor_t *s, sensor_flow_t *out, size_t cap, uint64_t now_us);

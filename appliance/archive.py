@@ -13,6 +13,7 @@ status rows and records given as dicts go through the Python connection.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -181,8 +182,32 @@ class OpenArchive:
         self.conn.close()
 
 
+LOCK_NAME = ".writer.lock"     # in the archive directory: flock'ed by the one writer, holds its pid
+
+
+def _lock_directory(directory: Path) -> int:
+    """Take the directory's writer lock (an flock, so a killed writer leaves none behind); returns
+    the fd that holds it. A second recorder on the same directory would take the first one's open
+    archive for a crash's leftover and close it under it.
+
+    :raises ArchiveError: another process holds the lock (its pid is in the message).
+    """
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ArchiveError(f"{directory} is being written by another recorder (pid {holder}): "
+                           f"one recorder per archive directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class ArchiveWriter:
-    """The one writer of a directory of archives.
+    """The one writer of a directory of archives (it holds the directory's lock until closed).
 
     :param cfg: rotation, size cap, retention and commit interval.
     :param sensor_id: recorded in every archive (Argus ``srcid``).
@@ -218,6 +243,7 @@ class ArchiveWriter:
         self.failing = False             # the last write failed: retry once per commit interval
         self.unclosed: list[Path] = []   # archives whose closing failed: tried again after a commit
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = _lock_directory(self.dir)
         self._insert = (f"INSERT INTO flows ({', '.join(FLOW_NAMES)}) "
                         f"VALUES ({', '.join('?' * len(FLOW_NAMES))})")
         self._insert_status = (f"INSERT INTO sensor_status ({', '.join(n for n, _ in STATUS_COLUMNS)})"
@@ -470,6 +496,9 @@ class ArchiveWriter:
             self.rotate(now)
         for path in list(self.unclosed):
             self._close(path)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)              # releases the directory for the next writer
+            self._lock_fd = None
 
     # -- retention --------------------------------------------------------------------------------
 

@@ -606,8 +606,12 @@ def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple
     _logging(verbose=False)
     rec = Recorder(cfg, progress=not quiet and sys.stderr.isatty(), reload=load,
                    runtime_dir=runtime_dir)
+    from .archive import ArchiveError
     if captures:
-        errors = rec.record_files(list(captures))
+        try:
+            errors = rec.record_files(list(captures))
+        except ArchiveError as e:
+            _fail(str(e), 1)
         for line in errors:
             click.echo(f"flowtap: {line}", err=True)
         if errors:
@@ -616,7 +620,7 @@ def record(config_path: str | None, interfaces: tuple[str, ...], captures: tuple
     from .capture import CaptureError
     try:
         status = rec.record_live()
-    except (CaptureError, ExportError) as e:
+    except (ArchiveError, CaptureError, ExportError) as e:
         _fail(str(e), 1)
     raise click.exceptions.Exit(status)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sqlite3
 import subprocess
@@ -155,6 +156,35 @@ def test_retention_deletes_oldest_closed_archives_to_meet_the_quota(tmp_path, pc
     assert used <= cfg.archive.quota_bytes
     # What is left is the newest part: the last period of the capture is there.
     assert files and files[-1].name >= "flows-2"
+
+
+def test_a_second_writer_of_a_directory_is_refused_and_the_first_archive_is_left_alone(tmp_path, pcaps_dir):
+    """Two recorders on one directory: the second would take the first's open archive for a crash's
+    leftover and close it. It must stop with a clear error instead, touching nothing."""
+    cfg = make_config(tmp_path)
+    src = str(pcaps_dir / "large/pcpp-example.pcap")
+    recs = list(capture.meter_file(src, cfg))
+    first = ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
+    first.add(recs, now=recs[-1]["ltime"])
+    first.commit(recs[-1]["ltime"])
+    [path] = archive.list_archives(cfg.archive.dir)
+    before = path.read_bytes()
+
+    with pytest.raises(archive.ArchiveError, match=rf"another recorder \(pid {os.getpid()}\)"):
+        ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
+    proc = subprocess.run([str(Path(sys.executable).parent / "flowtap"), "record", "-q", "-r", src,
+                           "-d", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert f"is being written by another recorder (pid {os.getpid()})" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert archive.list_archives(cfg.archive.dir) == [path]
+    assert path.read_bytes() == before and not archive.is_closed(path)
+
+    first.close(recs[-1]["ltime"])               # the lock goes with the writer
+    second = ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
+    assert second.recover() == []                 # the first closed its archive itself
+    second.close()
+    assert len(archived_records(Path(cfg.archive.dir))) == len(recs)
 
 
 def test_recovery_closes_an_archive_left_open_by_a_crash(tmp_path, pcaps_dir):

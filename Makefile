@@ -19,7 +19,10 @@ $(STAMP): $(BIN)/python $(wildcard native/*.c native/*.h native/*.py) pyproject.
 	$(BIN)/python -c "import appliance._native"
 	touch $@
 
+# Bytecode made here: imports then skip compiling (the environment may set PYTHONDONTWRITEBYTECODE),
+# which is most of a short command's start-up.
 build: $(STAMP)
+	@$(BIN)/python -m compileall -q appliance
 
 # With interfaces in /etc/flowtap/flowtap.toml: the recorder. Without: the demo (needs root).
 run: build

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
@@ -150,6 +151,7 @@ int sensor_open_file(const sensor_config_t *cfg, const char *path, char *errbuf,
         }
         src->filebuf = malloc(FILE_BUFFER);
         if (src->filebuf) setvbuf(fp, src->filebuf, _IOFBF, FILE_BUFFER);
+        __fsetlocking(fp, FSETLOCKING_BYCALLER);   /* only the read-ahead thread reads it: no lock per fread */
         src->pcap = pcap_fopen_offline_with_tstamp_precision(fp, PCAP_TSTAMP_PRECISION_MICRO, pe);
         if (!src->pcap) {
             fclose(fp);                       /* pcap_fopen_offline leaves fp open on failure */

@@ -219,7 +219,7 @@ int ft_put_real6(ft_wbuf_t *w, double d)
     /* d's own microseconds when d is the double nearest to them (see the top); else snprintf,
      * which rounds the exact binary value as Python does (also -0.0, inf and large values). */
     if (d >= 0 && !signbit(d) && d < 4294967296.0) {
-        uint64_t v = (uint64_t)llround(d * 1e6);
+        uint64_t v = (uint64_t)(d * 1e6 + 0.5);     /* checked just below */
         if ((double)v / 1e6 == d)
             return put_us(w, 0, v);
     }

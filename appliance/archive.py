@@ -575,11 +575,15 @@ def is_disk_full(exc: BaseException) -> bool:
     return getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc).lower()
 
 
+def readonly_uri(path: Path) -> str:
+    """The SQLite URI that opens an archive read-only: closed archives as immutable."""
+    return f"file:{path.resolve()}?mode=ro{'&immutable=1' if is_closed(path) else ''}"
+
+
 def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
     """Open an archive for reading only: closed archives as immutable, the open one in WAL."""
     p = Path(path)
-    uri = f"file:{p.resolve()}?mode=ro{'&immutable=1' if is_closed(p) else ''}"
-    conn = sqlite3.connect(uri, uri=True)
+    conn = sqlite3.connect(readonly_uri(p), uri=True)
     try:
         conn.execute("SELECT 1 FROM archive_info LIMIT 1")
     except sqlite3.DatabaseError as exc:

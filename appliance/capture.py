@@ -578,3 +578,88 @@ def format_records(raw: bytes, fmt: LineFormat) -> tuple[int, bytes]:
     used = ffi.new("size_t *")
     k = lib.sensor_format(recs, n, fmt.spec, text, size, used)
     return k, ffi.buffer(text, used[0])[:]
+
+
+class ClusterDeclined(Exception):
+    """The native clusterer cannot print exactly what the Python one would (says why)."""
+
+
+class ArchiveCluster:
+    """racluster ``-m`` over archive files, merged and printed by ``sensor_cluster_*`` (cluster.c).
+
+    A context manager: ``read`` each file's statement in order, ``finish`` once, then ``lines``.
+    Every step raises ``ClusterDeclined`` where C would not print what ``cluster.Clusterer`` and
+    ``output.TextWriter`` print (nothing has been printed then; the caller clusters in Python).
+
+    :param keys: ``(record key, prefix or None)`` per ``-m`` key, as ``cluster.parse_keys`` gives.
+    :param fields: the record keys each statement selects, in its column order.
+    :param norep: ``-M norep``: trans prints as 0.
+    Example: ``with ArchiveCluster([("saddr", 24)], ["saddr", "stime", "ltime"]) as c: ...``
+    """
+
+    def __init__(self, keys: Sequence[tuple[str, int | None]], fields: Sequence[str],
+                 norep: bool = False):
+        try:
+            key_ids = [FORMAT_FIELDS[k] for k, _ in keys]
+            field_ids = [FORMAT_FIELDS[k] for k in fields]
+        except KeyError as e:
+            raise ClusterDeclined(f"{e.args[0]!r} is not a field C merges") from None
+        prefixes = [-1 if p is None else p for _, p in keys]
+        if len(keys) > lib.SENSOR_CLUSTER_MAX_KEYS or any(not -1 <= p <= 128 for p in prefixes):
+            raise ClusterDeclined("too many keys or a bad mask")
+        errbuf = ffi.new("char[]", lib.SENSOR_ERRBUF_SIZE)
+        out = ffi.new("sensor_cluster_t **")
+        rc = lib.sensor_cluster_open(ffi.new("uint8_t[]", key_ids or [0]),
+                                     ffi.new("int16_t[]", prefixes or [0]), len(key_ids),
+                                     ffi.new("uint8_t[]", field_ids or [0]), len(field_ids),
+                                     int(norep), errbuf, out)
+        if rc < 0:
+            raise ClusterDeclined(ffi.string(errbuf).decode(errors="replace"))
+        self._h = out[0]
+
+    def __enter__(self) -> ArchiveCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the handle (idempotent)."""
+        if self._h is not None:
+            lib.sensor_cluster_close(self._h)
+            self._h = None
+
+    def _check(self, rc: int) -> int:
+        if rc < 0:
+            raise ClusterDeclined(ffi.string(lib.sensor_cluster_error(self._h)).decode(errors="replace"))
+        return rc
+
+    def read(self, uri: str, sql: str, params: Sequence[Any]) -> None:
+        """Merge the rows ``sql`` (with ``params``) selects from the archive at ``uri`` (read-only)."""
+        cparams = ffi.new("sensor_sql_param_t[]", max(len(params), 1))
+        keep = []                                  # the text buffers live until the call returns
+        for p, value in zip(cparams, params):
+            if value is None:
+                p.type = lib.SENSOR_PARAM_NULL
+            elif isinstance(value, int) and -2**63 <= value < 2**63:
+                p.type, p.i = lib.SENSOR_PARAM_INT, value
+            elif isinstance(value, float):
+                p.type, p.d = lib.SENSOR_PARAM_REAL, value
+            elif isinstance(value, str) and "\0" not in value:
+                keep.append(ffi.new("char[]", value.encode()))
+                p.type, p.text = lib.SENSOR_PARAM_TEXT, keep[-1]
+            else:
+                raise ClusterDeclined(f"a parameter C does not bind: {value!r}")
+        self._check(lib.sensor_cluster_read(self._h, uri.encode(), sql.encode(), cparams, len(params)))
+
+    def finish(self, fmt: LineFormat) -> int:
+        """Sort the clusters and check each prints in C with ``fmt``: how many lines follow."""
+        return self._check(lib.sensor_cluster_finish(self._h, fmt.spec))
+
+    def lines(self) -> Iterator[Any]:
+        """The text, a buffer of whole lines at a time (each valid until the next step)."""
+        text = ffi.new("char[]", FORMAT_BUFFER)
+        view = memoryview(ffi.buffer(text))
+        used = ffi.new("size_t *")
+        while self._check(lib.sensor_cluster_format(self._h, text, FORMAT_BUFFER, used)):
+            yield view[: used[0]]

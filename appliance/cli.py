@@ -46,6 +46,9 @@ Direct = Callable[[str, dict], None]
 # (paths, selection, errors, record keys the output reads or None for all) -> records or None
 Merged = Callable[[tuple[str, ...], "Selection", list[str], "frozenset[str] | None"],
                   "Iterable[dict] | None"]
+# Prints the whole text output in C (racluster): (paths, selection, out, fields, opts) -> done.
+Text = Callable[[tuple[str, ...], "Selection", Any, "list[_fields.Field]", "_fields.FormatOptions"],
+                bool]
 
 
 def _continues(opt: str, tok: str) -> bool:
@@ -347,11 +350,13 @@ def _count_capture(path: str, stats_out: dict[str, Any], counted: list[int]) -> 
 
 
 def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], Iterable[dict]]
-         | None = None, merged: Merged | None = None) -> None:
+         | None = None, merged: Merged | None = None, text: Text | None = None) -> None:
     """Read, select, optionally transform (cluster, sort), then print or count.
 
     ``merged(paths, selection, errors, need)`` may stand in for reading and transforming (racluster
-    in SQL); when it returns None the inputs are read and transformed as usual.
+    in SQL); when it returns None the inputs are read and transformed as usual. Before both,
+    ``text(paths, selection, out, fields, opts)`` may print the whole text output itself (racluster
+    in C) and return True; when it returns False it has printed nothing.
     """
     # Records are acyclic dicts, by the million: the cyclic collector would only rescan them
     # (a third of racluster's time over large archives). The command exits when done.
@@ -392,6 +397,10 @@ def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], 
                                          json_lines="json" in modes, stream=o["write"] is not None)
         if live and hasattr(out, "reconfigure"):
             out.reconfigure(line_buffering=True)    # each record out as it arrives, even in a pipe
+    if (text is not None and not o["quiet"] and not live and o["write"] is None
+            and "json" not in modes and o["count_spec"] is None and o["label_every"] <= 0
+            and text(o["paths"] or ("-",), selection, out, fields, opts)):
+        return
     records: Iterable[dict]
     if live:
         records = _live_records(o, errors)
@@ -537,8 +546,15 @@ def racluster(keys: tuple[str, ...], **o: Any) -> None:
         from . import query
         return query.cluster_archives(paths, parsed, selection.ast, norep="norep" in modes,
                                       errors=errors, need=need)
+    def in_c(paths: tuple[str, ...], selection: Selection, out: Any, fields: list[_fields.Field],
+             opts: _fields.FormatOptions) -> bool:
+        # The same cases as in SQL, printed in C (falls back to in_sql, then merge).
+        if parsed is None or correct or not all(is_archive(p) for p in paths):
+            return False
+        return _fastpath.cluster_text(out, paths, parsed, selection.ast, fields, opts,
+                                      o["delimiter"], o["label_every"], "norep" in modes)
     o["modes"] = tuple(m for m in o["modes"] if m == "json")
-    _run("racluster", o, merge, in_sql)
+    _run("racluster", o, merge, in_sql, in_c)
 
 
 @cli.command(cls=ArgusCommand, context_settings=CONTEXT, epilog="""\b

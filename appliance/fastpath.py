@@ -94,9 +94,15 @@ class TextFast:
         return self._format
 
     def _columns(self, capture: Any) -> list[tuple[str, int, int, int]]:
+        """TextWriter's columns as (key, pad, separator, width) (see ``_columns_of``)."""
+        return self._columns_of(self._fields, self._delimiter, capture)
+
+    @staticmethod
+    def _columns_of(fields: Sequence[Field], delimiter: str | None,
+                    capture: Any) -> list[tuple[str, int, int, int]]:
         """TextWriter's columns as (key, pad, separator, width): fitted to width in aligned output
         (ports to the left) or with ``field:width``; aligned ``saddr sport`` join as addr.port."""
-        fields, aligned = self._fields, self._delimiter is None
+        aligned = delimiter is None
         cols = []
         for f in fields:
             if aligned or f.width_set:
@@ -139,3 +145,66 @@ class TextFast:
                 w.count += k
             else:
                 w.write(capture.to_record(item, fmt.srcid))
+
+
+# racluster keys C merges by (cluster.c), and the record keys it can print.
+_CLUSTER_KEYS = frozenset(("srcid", "proto", "saddr", "sport", "daddr", "dport"))
+
+
+def cluster_text(out: IO[str], paths: Sequence[str], keys: Sequence[Any], ast: Any,
+                 fields: Sequence[Field], opts: FormatOptions, delimiter: str | None,
+                 label_every: int, norep: bool) -> bool:
+    """Print ``racluster -m KEYS`` over archive files and directories in C (cluster.c) and return
+    True; or return False, having printed nothing, where only the Python path prints exactly the
+    same (a key other than srcid/proto/addresses/ports, a field C does not print, -Z, -L N,
+    service names, values C does not merge as Python, an unreadable input, SQL that needs
+    Python's functions, or ``FLOWTAP_NO_FASTPATH``).
+
+    :param keys: ``cluster.parse_keys`` of ``-m``.
+    :param ast: the filter with the ``-t`` range (``cli.Selection.ast``).
+    Example: ``cluster_text(sys.stdout, ["archive/"], parse_keys(["saddr"]), None, fields, opts,
+    None, 0, False)``
+    """
+    from . import archive, capture, fields as _fields, query
+
+    if (not enabled() or not hasattr(out, "buffer") or not fields or opts.zflags
+            or label_every > 0 or any(k.key not in _CLUSTER_KEYS for k in keys)):
+        return False
+    if any(f.kind != FIELDS.get(f.key, f).kind for f in fields):
+        return False
+    need = set(_fields.keys_read(fields, opts) - {"trans"})
+    need |= {k.key for k in keys} | {"stime", "ltime"}
+    need |= {side + "pkts" for side in "sd" if need & {side + "maxsz", side + "minsz"}}
+    columns = [k for k in query.RECORD_ORDER if k in need]
+    encoding = out.encoding or "utf-8"
+    try:
+        fmt = capture.LineFormat(
+            TextFast._columns_of(fields, delimiter, capture), numeric=opts.numeric,
+            utime=opts.utime, delimited=opts.delimited, rstrip=delimiter is None,
+            delimiter=(" " if delimiter is None else delimiter).encode(encoding))
+        label = TextWriter(out, fields, opts, delimiter, label_every).label_line.encode(
+            encoding, out.errors or "strict")
+        files = [f for p in paths for f in query.archive_files(p)]
+        c = capture.ArchiveCluster([(k.key, k.prefix) for k in keys], columns, norep)
+    except (capture.ClusterDeclined, query.QueryError, ValueError, UnicodeError, OSError):
+        return False
+    with c:
+        try:
+            for path in files:
+                fq = query.plan_file(path, ast)
+                fq.conn.close()
+                if fq.where is not None:
+                    where, params = fq.where
+                    c.read(archive.readonly_uri(path), query.record_sql(where, columns=columns),
+                           params)
+            n = c.finish(fmt)
+        except (capture.ClusterDeclined, query.QueryError, OSError):
+            return False
+        # Printing from here on: C checked every line in finish.
+        out.flush()
+        if n and label_every == 0:
+            out.buffer.write(label)
+        for chunk in c.lines():
+            out.buffer.write(chunk)
+    out.buffer.flush()
+    return True

@@ -8,7 +8,7 @@ import pathlib
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["sensor.c", "decode.c", "flowtable.c", "pcapng.c", "siphash.c", "format.c", "store.c", "sha1.c"]
+SOURCES = ["sensor.c", "decode.c", "flowtable.c", "pcapng.c", "siphash.c", "format.c", "store.c", "sha1.c", "cluster.c"]
 
 
 def cdef_text() -> str:

@@ -12,6 +12,7 @@
 #include "format.h"
 
 #include <arpa/inet.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,21 +24,12 @@ _Static_assert(sizeof(((sensor_format_spec_t *)0)->column) / sizeof(sensor_forma
 _Static_assert(sizeof(((sensor_format_spec_t *)0)->delim) == 8, "delim_len is at most 8");
 _Static_assert(sizeof(((sensor_format_spec_t *)0)->srcid) == 64, "srcid_len is at most 64");
 
-enum { FMT_OK = 0, FMT_FULL = 1, FMT_PYTHON = 2 };
+enum { FMT_OK = FT_FMT_OK, FMT_FULL = FT_FMT_FULL, FMT_PYTHON = FT_FMT_PYTHON };
 
 static const uint64_t US_EXACT = 4294967296ull * 1000000ull;   /* 2^32 s in µs: see the top */
 
-/* The output cursor: p never passes end. */
-typedef struct wbuf {
-    char *p, *end;
-} wbuf_t;
-
-/* The local H:M:S of the last second printed (ra's clock format, cached like fields.py does). */
-typedef struct clock_cache {
-    uint64_t sec;
-    int valid;
-    char hms[9];
-} clock_cache_t;
+typedef ft_wbuf_t wbuf_t;
+typedef ft_clock_t clock_cache_t;
 
 /* Names, as appliance/capture.py and appliance/fields.py spell them. */
 const char *const FT_CAUSES[6] = {"Start", "Status", "Stop", "Timeout", "Evict", "Shutdown"};
@@ -168,10 +160,9 @@ static int put_us(wbuf_t *w, int neg, uint64_t v)
     return put(w, tmp, (size_t)k);
 }
 
-/* fields.py's clock: us = round(t * 1e6) with t = v / 1e6, then local "%H:%M:%S" and ".%06d". */
-static int put_clock(wbuf_t *w, uint64_t v, clock_cache_t *cache)
+/* fields.py's clock: us = round(x) for x = t * 1e6, then local "%H:%M:%S" and ".%06d". */
+static int put_clock_x(wbuf_t *w, double x, clock_cache_t *cache)
 {
-    double x = ((double)v / 1e6) * 1e6;
     if (!(x >= 0.0 && x < 9.0e18))
         return FMT_PYTHON;
     uint64_t us = (uint64_t)x;                  /* floor; the fraction below is exact */
@@ -197,6 +188,62 @@ static int put_clock(wbuf_t *w, uint64_t v, clock_cache_t *cache)
         part /= 10;
     }
     return put(w, tmp, sizeof tmp);
+}
+
+/* The clock for a count of microseconds (t = v / 1e6). */
+static int put_clock(wbuf_t *w, uint64_t v, clock_cache_t *cache)
+{
+    return put_clock_x(w, ((double)v / 1e6) * 1e6, cache);
+}
+
+int ft_put_clock(ft_wbuf_t *w, double t, ft_clock_t *cache)
+{
+    return put_clock_x(w, t * 1e6, cache);
+}
+
+int ft_put(ft_wbuf_t *w, const char *s, size_t n)
+{
+    return put(w, s, n);
+}
+
+int ft_put_i64(ft_wbuf_t *w, int64_t v)
+{
+    if (v >= 0)
+        return put_u64(w, (uint64_t)v);
+    int rc = put(w, "-", 1);
+    return rc == FMT_OK ? put_u64(w, 0 - (uint64_t)v) : rc;
+}
+
+int ft_put_real6(ft_wbuf_t *w, double d)
+{
+    /* d's own microseconds when d is the double nearest to them (see the top); else snprintf,
+     * which rounds the exact binary value as Python does (also -0.0, inf and large values). */
+    if (d >= 0 && !signbit(d) && d < 4294967296.0) {
+        uint64_t v = (uint64_t)(d * 1e6 + 0.5);     /* checked just below */
+        if ((double)v / 1e6 == d)
+            return put_us(w, 0, v);
+    }
+    char tmp[352];                              /* DBL_MAX with 6 decimals fits */
+    int k = snprintf(tmp, sizeof tmp, "%.6f", d);
+    if (k < 0 || (size_t)k >= sizeof tmp)
+        return FMT_PYTHON;
+    return put(w, tmp, (size_t)k);
+}
+
+const char *ft_proto_name(int64_t proto, int ether, int numeric)
+{
+    if (proto < 0 || proto > 0xFFFF)
+        return ether ? (numeric ? NULL : "unknown") : "unas";
+    if (ether) {
+        const char *name = lookup(ETHER_PROTO_NAMES, (unsigned)proto, NULL);
+        return name ? name : numeric ? NULL : "unknown";
+    }
+    return lookup(IP_PROTO_NAMES, (unsigned)proto, "unas");
+}
+
+const char *ft_llc_sap_name(int64_t sap)
+{
+    return sap < 0 || sap > 0xFFFF ? "" : lookup(LLC_SAP_NAMES, (unsigned)sap, "");
 }
 
 size_t ft_addr_text(const sensor_flow_t *r, int side, char out[64])
@@ -462,6 +509,19 @@ static int fit(wbuf_t *w, char *cell, size_t width, int left)
     return FMT_OK;
 }
 
+/* A sensor_flow_t with its facts, for flow_cell. */
+typedef struct flow_ctx {
+    const sensor_flow_t *r;
+    const facts_t *f;
+    const sensor_format_spec_t *spec;
+} flow_ctx_t;
+
+static int flow_cell(ft_wbuf_t *w, const void *ctx, unsigned field, ft_clock_t *cache)
+{
+    const flow_ctx_t *c = ctx;
+    return put_field(w, c->r, c->f, c->spec, field, cache);
+}
+
 /* One record's line; on failure the cursor is back where it was. */
 static int put_line(wbuf_t *w, const sensor_flow_t *r, const sensor_format_spec_t *spec,
                     clock_cache_t *cache)
@@ -469,6 +529,13 @@ static int put_line(wbuf_t *w, const sensor_flow_t *r, const sensor_format_spec_
     facts_t f;
     if (!ft_record_facts(r, &f))
         return FMT_PYTHON;
+    flow_ctx_t ctx = {r, &f, spec};
+    return ft_put_line(w, spec, flow_cell, &ctx, cache);
+}
+
+int ft_put_line(ft_wbuf_t *w, const sensor_format_spec_t *spec, ft_cell_fn cell, const void *ctx,
+                ft_clock_t *cache)
+{
     char *line = w->p;
     int rc = FMT_OK;
     for (uint32_t c = 0; c < spec->ncolumns && rc == FMT_OK; c++) {
@@ -485,14 +552,14 @@ static int put_line(wbuf_t *w, const sensor_flow_t *r, const sensor_format_spec_
             if (rc != FMT_OK)
                 break;
         }
-        char *cell = w->p;
-        rc = put_field(w, r, &f, spec, col->field, cache);
+        char *start = w->p;
+        rc = cell(w, ctx, col->field, cache);
         if (rc != FMT_OK)
             break;
         if (sep)
-            *sep = w->p > cell ? '.' : ' ';
+            *sep = w->p > start ? '.' : ' ';
         if (col->pad != SENSOR_PAD_NONE)
-            rc = fit(w, cell, col->width, col->pad == SENSOR_PAD_LEFT);
+            rc = fit(w, start, col->width, col->pad == SENSOR_PAD_LEFT);
     }
     if (rc == FMT_OK && (spec->flags & SENSOR_FMT_RSTRIP))
         while (w->p > line && w->p[-1] == ' ')
@@ -504,7 +571,7 @@ static int put_line(wbuf_t *w, const sensor_flow_t *r, const sensor_format_spec_
     return rc;
 }
 
-static int spec_ok(const sensor_format_spec_t *spec)
+int ft_spec_ok(const sensor_format_spec_t *spec)
 {
     if (spec->ncolumns < 1 || spec->ncolumns > SENSOR_FORMAT_MAX_COLUMNS
         || spec->delim_len > sizeof spec->delim || spec->srcid_len > sizeof spec->srcid
@@ -525,7 +592,7 @@ size_t sensor_format(const sensor_flow_t *recs, size_t n, const sensor_format_sp
     wbuf_t w = {out, out + cap};
     clock_cache_t cache = {0, 0, ""};
     size_t done = 0;
-    if (spec_ok(spec))
+    if (ft_spec_ok(spec))
         while (done < n && put_line(&w, &recs[done], spec, &cache) == FMT_OK)
             done++;
     *used = (size_t)(w.p - out);

@@ -17,7 +17,8 @@ enum {
     SENSOR_EINVAL = -4,     /* bad argument or configuration value */
     SENSOR_EFILE = -5,      /* capture file truncated or corrupt after some packets */
     SENSOR_EFILTER = -6,    /* BPF expression did not compile */
-    SENSOR_ESTORE = -7      /* SQLite could not open an archive (store.c): errbuf says why */
+    SENSOR_ESTORE = -7,     /* SQLite could not open an archive (store.c): errbuf says why */
+    SENSOR_EDECLINE = -8    /* cluster.c cannot print exactly what Python would: Python does it */
 };
 
 /* Why a record left the flow table (the `cause` column). */
@@ -261,6 +262,45 @@ int sensor_store_set_info(sensor_store_t *st, const char *key, const char *json_
 const char *sensor_store_error(const sensor_store_t *st);   /* the last failure's message */
 int sensor_store_system_errno(const sensor_store_t *st);    /* its OS errno (ENOSPC, EIO), or 0 */
 void sensor_store_close(sensor_store_t *st);               /* NULL-safe */
+
+/* --- racluster over archives (cluster.c): rows of archive files merged by -m keys with the rules of
+ * appliance/cluster.py's Clusterer, then printed as sensor_format prints (one spec, -Z excepted).
+ * Values are kept as Python holds them (None, int, float, str); whatever C would not print exactly
+ * as Python does makes a call return SENSOR_EDECLINE before anything is printed, and the caller
+ * clusters in Python instead. A handle holds one read-only SQLite connection at a time. */
+typedef struct sensor_cluster sensor_cluster_t;    /* opaque; free with sensor_cluster_close */
+enum { SENSOR_CLUSTER_MAX_KEYS = 8 };
+enum { SENSOR_PARAM_NULL = 0, SENSOR_PARAM_INT = 1, SENSOR_PARAM_REAL = 2, SENSOR_PARAM_TEXT = 3 };
+typedef struct sensor_sql_param {            /* one statement parameter, by type */
+    int64_t i;
+    double d;
+    const char *text;                        /* UTF-8, NUL-terminated; copied when bound */
+    uint32_t type;                           /* SENSOR_PARAM_* */
+    uint32_t reserved;
+} sensor_sql_param_t;
+/* A clusterer merging by key_fields[0..nkeys) (SENSOR_FIELD_* of srcid proto saddr sport daddr
+ * dport, in cluster.parse_keys order; prefixes[k] >= 0 masks an address key) and reading
+ * fields[0..nfields) (the statement's columns, in that order: the keys, stime, ltime, every printed
+ * field, and spkts/dpkts with a side's packet sizes). norep: trans prints as 0. On success *out is
+ * the handle (free with sensor_cluster_close); else NULL, with SENSOR_EINVAL / SENSOR_ENOMEM and
+ * errbuf (SENSOR_ERRBUF_SIZE bytes) saying why. */
+int sensor_cluster_open(const uint8_t *key_fields, const int16_t *prefixes, size_t nkeys,
+                        const uint8_t *fields, size_t nfields, int norep, char *errbuf,
+                        sensor_cluster_t **out);
+/* Open the archive at uri (an SQLite file: URI, read-only), run sql with params[0..nparams) and
+ * merge every row, in the order they come. SENSOR_OK, SENSOR_EDECLINE (rows Python must merge, or
+ * SQL only Python runs), SENSOR_ESTORE (SQLite failed), SENSOR_EINVAL or SENSOR_ENOMEM; the reason
+ * is in sensor_cluster_error. The rows of a failed call may be merged in part: close the handle. */
+int sensor_cluster_read(sensor_cluster_t *c, const char *uri, const char *sql,
+                        const sensor_sql_param_t *params, size_t nparams);
+/* Sort the clusters as racluster prints them and check that every line prints exactly with spec:
+ * the number of lines (>= 0), or SENSOR_EDECLINE / SENSOR_EINVAL / SENSOR_ENOMEM. */
+int sensor_cluster_finish(sensor_cluster_t *c, const sensor_format_spec_t *spec);
+/* The next lines ("\n"-terminated) into out[0..cap): how many (0 when all are out), *used the bytes;
+ * SENSOR_EINVAL when not finished or one line does not fit in cap. Never writes past out + cap. */
+int sensor_cluster_format(sensor_cluster_t *c, char *out, size_t cap, size_t *used);
+const char *sensor_cluster_error(const sensor_cluster_t *c);   /* the last failure's message */
+void sensor_cluster_close(sensor_cluster_t *c);               /* NULL-safe */
 
 /* Compile a BPF filter for Ethernet without a device: SENSOR_OK, or SENSOR_EFILTER with libpcap's
  * message in errbuf (SENSOR_ERRBUF_SIZE bytes). Needs no privileges (the web page checks filters). */

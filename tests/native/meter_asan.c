@@ -1,6 +1,8 @@
 /* meter_asan.c: meter capture files through the whole native core (sensor.c, decode.c,
  * flowtable.c, pcapng.c, siphash.c) built with -fsanitize=address,undefined, and bind every record
- * into an archive's flows table (store.c, sha1.c, format.c's text helpers).
+ * into an archive's flows table (store.c, sha1.c, format.c's text helpers). With --store, each
+ * file's records are also kept in a second scratch archive (SCRATCH.sqlite.cluster) and clustered
+ * and printed by cluster.c under several keys and options.
  *
  * Usage: meter_asan [--store SCRATCH.sqlite] FILE...   One line per file:
  *   PATH packets=N records=N decode_errors=N [(reason:count ...)] [error="..."]
@@ -24,7 +26,79 @@ enum {
 
 static sensor_flow_t recs[BATCH];
 static sensor_store_t *store;      /* every drained record is inserted (and rolled back) */
+static sensor_store_t *kept;       /* and inserted for good, for cluster_file, then deleted */
 static int store_failed;
+static char kept_path[4096];
+static long clustered, declined;     /* cluster_file runs printed / declined, for the last line */
+
+/* The columns cluster_file reads, as appliance/query.py selects them (SENSOR_FIELD_* order). */
+static const char CLUSTER_SQL[] =
+    "SELECT srcid, seq, cause, stime, ltime, dur, flgs, proto, saddr, sport, dir, daddr, dport,"
+    " spkts, dpkts, spkts + dpkts, sbytes, dbytes, sbytes + dbytes, sappbytes, dappbytes,"
+    " sappbytes + dappbytes, state, stos, dtos, sttl, dttl, smac, dmac, svlan, dvlan, smpls, dmpls,"
+    " sflags, dflags, synack, ackdat, tcprtt, sretrans, dretrans, sgap, dgap, smaxsz, sminsz, dmaxsz,"
+    " dminsz, conn_state, history FROM flows WHERE proto != ?1 ORDER BY rowid";
+
+/* Cluster the kept records under a few keys, every field printed: 0, or 1 on a failure that is
+ * not a decline. */
+static int cluster_file(void)
+{
+    static const struct { uint8_t keys[3]; int16_t prefix[3]; size_t n; } sets[] = {
+        {{SENSOR_FIELD_SADDR, SENSOR_FIELD_DADDR}, {-1, -1}, 2},
+        {{SENSOR_FIELD_PROTO, SENSOR_FIELD_DPORT}, {-1, -1}, 2},
+        {{SENSOR_FIELD_SADDR, SENSOR_FIELD_DADDR}, {24, 64}, 2},
+        {{0}, {0}, 0},
+    };
+    uint8_t fields[SENSOR_FIELD_COUNT];
+    size_t nf = 0;
+    for (unsigned f = 0; f < SENSOR_FIELD_COUNT; f++)
+        if (f != SENSOR_FIELD_TRANS)
+            fields[nf++] = (uint8_t)f;
+    char uri[4200], errbuf[SENSOR_ERRBUF_SIZE];
+    snprintf(uri, sizeof uri, "file:%s?mode=ro", kept_path);
+    sensor_sql_param_t param = {.i = 2054, .type = SENSOR_PARAM_INT};
+    static char text[1 << 16];
+    int failed = 0;
+    for (size_t k = 0; k < sizeof sets / sizeof sets[0]; k++) {
+        sensor_cluster_t *c = NULL;
+        if (sensor_cluster_open(sets[k].keys, sets[k].prefix, sets[k].n, fields, nf, (int)(k & 1),
+                                errbuf, &c) != SENSOR_OK) {
+            printf("cluster: open: %s\n", errbuf);
+            return 1;
+        }
+        sensor_format_spec_t spec;
+        memset(&spec, 0, sizeof spec);
+        spec.ncolumns = SENSOR_FIELD_COUNT;
+        spec.flags = k & 1 ? SENSOR_FMT_UTIME | SENSOR_FMT_DELIMITED : SENSOR_FMT_RSTRIP;
+        spec.numeric = (uint8_t)(1 + (k & 1));
+        spec.delim_len = 1;
+        spec.delim[0] = k & 1 ? ',' : ' ';
+        for (unsigned f = 0; f < SENSOR_FIELD_COUNT; f++)
+            spec.column[f] = (sensor_format_column_t){.field = (uint8_t)f,
+                .pad = (uint8_t)(k & 1 ? SENSOR_PAD_NONE : f % 3 ? SENSOR_PAD_RIGHT : SENSOR_PAD_LEFT),
+                .sep = (uint8_t)(f == SENSOR_FIELD_SPORT && !(k & 1) ? SENSOR_SEP_PORT : SENSOR_SEP_DELIM),
+                .width = (uint16_t)(1 + f % 13)};
+        int rc = sensor_cluster_read(c, uri, CLUSTER_SQL, &param, 1);
+        if (rc == SENSOR_OK)
+            rc = sensor_cluster_finish(c, &spec);
+        long lines = 0;
+        size_t used;
+        int n;
+        while (rc >= 0 && (n = sensor_cluster_format(c, text, sizeof text, &used)) > 0)
+            lines += n;
+        clustered += rc >= 0;
+        declined += rc == SENSOR_EDECLINE;
+        if (rc >= 0 && lines != rc) {
+            printf("cluster: %d clusters, %ld lines\n", rc, lines);
+            failed = 1;
+        } else if (rc < 0 && rc != SENSOR_EDECLINE) {
+            printf("cluster: %d: %s\n", rc, sensor_cluster_error(c));
+            failed = 1;
+        }
+        sensor_cluster_close(c);
+    }
+    return failed;
+}
 
 /* Drain until a partial batch comes back; returns records taken, or -1 on a stall. */
 static long drain_all(sensor_t *s, uint64_t now_us)
@@ -34,6 +108,8 @@ static long drain_all(sensor_t *s, uint64_t now_us)
         size_t n = sensor_drain(s, recs, BATCH, now_us);
         total += (long)n;
         if (scratch_store_insert(store, recs, n))
+            store_failed = 1;
+        if (kept && n && sensor_store_insert(kept, recs, n))
             store_failed = 1;
         if (n < BATCH)
             return total;
@@ -136,9 +212,25 @@ int main(int argc, char **argv)
             return 1;
         }
         first = 3;
+        snprintf(kept_path, sizeof kept_path, "%s.cluster", argv[2]);
+        unlink(kept_path);
+        if (!(kept = scratch_store_open(kept_path, 0))) {
+            printf("store: cannot open %s\n", kept_path);
+            return 1;
+        }
     }
     for (int i = first; i < argc; i++) {
+        if (kept && sensor_store_exec(kept, "BEGIN"))
+            store_failed = 1;
         failed |= meter(argv[i], &cfg);
+        if (kept) {
+            if (sensor_store_exec(kept, "COMMIT"))
+                store_failed = 1;
+            else
+                failed |= cluster_file();
+            if (sensor_store_exec(kept, "DELETE FROM flows"))
+                store_failed = 1;
+        }
         fflush(stdout);
         if (store_failed) {
             printf("%s STORE FAILED: %s\n", argv[i], sensor_store_error(store));
@@ -147,5 +239,8 @@ int main(int argc, char **argv)
         }
     }
     sensor_store_close(store);
+    if (kept)
+        printf("cluster: %ld runs printed, %ld declined\n", clustered, declined);
+    sensor_store_close(kept);
     return failed;
 }

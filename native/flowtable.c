@@ -27,16 +27,6 @@ enum {
 };
 static const char hist_letters[] = "SHADFRTGW";
 
-typedef struct ft_key {
-    uint8_t  addr[2][16];
-    uint16_t port[2];
-    uint16_t proto;
-    uint8_t  addr_type;
-    uint8_t  icmp_query;      /* request type of an ICMP query pair, else 0 */
-    uint8_t  icmp_code;       /* ICMP errors: the code (the quoted port is in the port slot) */
-    uint8_t  pad[3];          /* keys are compared with memcmp: always zeroed */
-} ft_key_t;
-
 typedef struct ft_flow {
     ft_key_t key;
     uint32_t bucket_next;     /* next entry in the hash chain */
@@ -606,26 +596,19 @@ static int initiator(const decode_pkt_t *p, int s)
     return s;
 }
 
-/* Find or create the flow for p; returns its index (FT_NIL only if the table has no room at all). */
-/* A packet's key, side and chain, computed ahead of time by ft_packets. */
-typedef struct ft_lookup {
-    ft_key_t key;
-    uint32_t bucket;
-    int side;
-} ft_lookup_t;
-
-static void lookup(const ft_table_t *t, const decode_pkt_t *p, ft_lookup_t *l)
+void ft_lookup(const ft_table_t *t, const decode_pkt_t *p, ft_lookup_t *l)
 {
     make_key(p, &l->key, &l->side);
     l->bucket = bucket_of(t, &l->key);
 }
 
+/* Find or create the flow for p; returns its index (FT_NIL only if the table has no room at all). */
 static uint32_t flow_for(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifindex, int *side,
                          const ft_lookup_t *pre)
 {
     ft_lookup_t own;
     if (!pre) {
-        lookup(t, p, &own);
+        ft_lookup(t, p, &own);
         pre = &own;
     }
     const ft_key_t k = pre->key;
@@ -888,18 +871,14 @@ void ft_packet(ft_table_t *t, const decode_pkt_t *p, uint64_t ts, uint8_t ifinde
     packet(t, p, ts, ifindex, NULL);
 }
 
-void ft_packets(ft_table_t *t, const decode_pkt_t *p, const uint64_t *ts, size_t n, uint8_t ifindex)
+void ft_packets_looked(ft_table_t *t, const decode_pkt_t *p, const ft_lookup_t *look, const uint64_t *ts,
+                       size_t n, uint8_t ifindex)
 {
-    /* Software pipeline: hash packet i and prefetch its chain head, fetch the head of packet i - D
-     * and prefetch its entry, meter packet i - 2D; the misses of a batch overlap. */
+    /* Software pipeline: prefetch packet i's chain head, fetch the head of packet i - D and prefetch
+     * its entry, meter packet i - 2D; the misses of a batch overlap. */
     enum { D = 6 };
-    ft_lookup_t look[FT_BATCH];
-    if (n > FT_BATCH) n = FT_BATCH;
     for (size_t i = 0; i < n + 2 * D; i++) {
-        if (i < n && p[i].frag != DECODE_FRAG_LATER) {
-            lookup(t, &p[i], &look[i]);
-            __builtin_prefetch(&t->buckets[look[i].bucket]);
-        }
+        if (i < n && p[i].frag != DECODE_FRAG_LATER) __builtin_prefetch(&t->buckets[look[i].bucket]);
         if (i >= D && i - D < n && p[i - D].frag != DECODE_FRAG_LATER) {
             uint32_t head = t->buckets[look[i - D].bucket];
             if (head) __builtin_prefetch(&t->flows[head - 1]);
@@ -909,6 +888,15 @@ void ft_packets(ft_table_t *t, const decode_pkt_t *p, const uint64_t *ts, size_t
             packet(t, &p[k], ts[k], ifindex, p[k].frag == DECODE_FRAG_LATER ? NULL : &look[k]);
         }
     }
+}
+
+void ft_packets(ft_table_t *t, const decode_pkt_t *p, const uint64_t *ts, size_t n, uint8_t ifindex)
+{
+    ft_lookup_t look[FT_BATCH];
+    if (n > FT_BATCH) n = FT_BATCH;
+    for (size_t i = 0; i < n; i++)
+        if (p[i].frag != DECODE_FRAG_LATER) ft_lookup(t, &p[i], &look[i]);
+    ft_packets_looked(t, p, look, ts, n, ifindex);
 }
 
 /* ---- draining ---- */

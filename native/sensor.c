@@ -42,23 +42,23 @@ typedef struct staged {
     uint8_t source;
 } staged_t;
 
-/* A capture file is read ahead on a second thread: libpcap's read (two copies of every byte) and
- * the stateless decoder run there, the flow table on the caller's thread, so a file is metered
- * on two cores, as argus | ra runs on two. Decoded packets pass in blocks through a small ring;
- * the caller meters them one by one, so poll's packet budget and until_us stay exact. */
-enum { READ_BLOCK = 1024, READ_BLOCKS = 4 };
-
-typedef struct read_entry {
-    decode_pkt_t pkt;
-    uint64_t ts;
-    uint32_t len;                 /* wire length */
-    int32_t rc;                   /* decode_packet's result */
-} read_entry_t;
+/* A capture file is read ahead on a second thread: libpcap's read (two copies of every byte), the
+ * stateless decoder and each packet's flow-table lookup (key and hash) run there, the flow table on
+ * the caller's thread, so a file is metered on two cores, as argus | ra runs on two. Decoded
+ * packets pass in blocks through a small ring; the caller meters them in order and counts them one
+ * by one, so poll's packet budget and until_us stay exact. */
+enum { READ_BLOCK = 1024, READ_BLOCKS = 8 };   /* 8192 packets: one POLL_PACKETS ahead */
 
 typedef struct read_block {
-    read_entry_t e[READ_BLOCK];
+    decode_pkt_t pkt[READ_BLOCK];
+    ft_lookup_t look[READ_BLOCK]; /* made for packets that decoded, except later fragments */
+    uint64_t ts[READ_BLOCK];
+    uint32_t len[READ_BLOCK];     /* wire length */
+    int32_t rc[READ_BLOCK];       /* decode_packet's result */
     int n;                        /* entries filled */
     int end;                      /* after the entries: 0, SENSOR_EOF or SENSOR_EFILE */
+    int linktype;                 /* of the packets being read (pcap_dispatch's callback) */
+    const ft_table_t *ft;         /* for the lookups: only its seed and size are read */
     char err[SENSOR_ERRBUF_SIZE]; /* the read error, with SENSOR_EFILE */
 } read_block_t;
 
@@ -333,12 +333,14 @@ static size_t release(sensor_t *s, int force)
     return n;
 }
 
-/* Count one packet and queue it for the flow table (rc: decode_packet's result for it). */
-static void meter_decoded(sensor_t *s, const decode_pkt_t *p, int rc, uint64_t ts, uint32_t len)
+static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, uint32_t caplen,
+                  uint32_t len)
 {
     s->stats.packets++;
     s->stats.bytes += len;
     if (ts > s->stats.last_packet_us) s->stats.last_packet_us = ts;
+    decode_pkt_t *p = &s->batch[s->nbatch];
+    int rc = decode_packet(linktype, data, caplen, len, p);
     if (rc < 0) {
         s->stats.decode_errors[-1 - rc]++;
         return;
@@ -351,17 +353,8 @@ static void meter_decoded(sensor_t *s, const decode_pkt_t *p, int rc, uint64_t t
         st->source = (uint8_t)s->current;
         return;
     }
-    if (p != &s->batch[s->nbatch]) s->batch[s->nbatch] = *p;
     s->batch_ts[s->nbatch++] = ts;
     if (s->nbatch == FT_BATCH) flush(s);
-}
-
-/* Live frames: decoded straight into the batch's next slot. */
-static void meter(sensor_t *s, int linktype, uint64_t ts, const uint8_t *data, uint32_t caplen,
-                  uint32_t len)
-{
-    decode_pkt_t *p = &s->batch[s->nbatch];
-    meter_decoded(s, p, decode_packet(linktype, data, caplen, len, p), ts, len);
 }
 
 static void on_packet(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
@@ -375,43 +368,48 @@ static void on_packet(u_char *user, const struct pcap_pkthdr *h, const u_char *b
     if (s->until_us && ts >= s->until_us) pcap_breakloop(src->pcap);
 }
 
-/* pcap_dispatch callback of the read-ahead: decode into the next entry of the block. */
+/* Decode entry i of b (filled in by the reader) and look its flow up. */
+static void decode_entry(read_block_t *b, int i, int linktype, const uint8_t *data, uint32_t caplen)
+{
+    b->rc[i] = decode_packet(linktype, data, caplen, b->len[i], &b->pkt[i]);
+    if (b->rc[i] >= 0 && b->pkt[i].frag != DECODE_FRAG_LATER) ft_lookup(b->ft, &b->pkt[i], &b->look[i]);
+}
+
+/* pcap_dispatch callback of the read-ahead: the next entry of the block. */
 static void on_read(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
 {
     read_block_t *b = (read_block_t *)user;
-    int linktype = b->end;                    /* fill_block parks the link type here while reading */
-    read_entry_t *e = &b->e[b->n++];
-    e->ts = (uint64_t)h->ts.tv_sec * 1000000u + (uint64_t)h->ts.tv_usec;
-    e->len = h->len;
-    e->rc = decode_packet(linktype, bytes, h->caplen, h->len, &e->pkt);
+    int i = b->n++;
+    b->ts[i] = (uint64_t)h->ts.tv_sec * 1000000u + (uint64_t)h->ts.tv_usec;
+    b->len[i] = h->len;
+    decode_entry(b, i, b->linktype, bytes, h->caplen);
 }
 
 /* Read and decode up to READ_BLOCK packets of the file into b; b->end says how the file ended. */
 static void fill_block(source_t *src, read_block_t *b)
 {
     b->n = 0;
+    b->end = 0;
     if (src->ng) {
-        b->end = 0;
         while (b->n < READ_BLOCK) {
-            read_entry_t *e = &b->e[b->n];
+            int i = b->n;
             uint32_t caplen;
             int linktype;
             const uint8_t *data;
-            int rc = pcapng_next(src->ng, &e->ts, &caplen, &e->len, &linktype, &data);
+            int rc = pcapng_next(src->ng, &b->ts[i], &caplen, &b->len[i], &linktype, &data);
             if (rc <= 0) {
                 b->end = rc == 0 ? SENSOR_EOF : SENSOR_EFILE;
                 if (rc < 0) set_error(b->err, "%s", pcapng_error(src->ng));
                 return;
             }
-            e->rc = decode_packet(linktype, data, caplen, e->len, &e->pkt);
+            decode_entry(b, i, linktype, data, caplen);
             b->n++;
         }
         return;
     }
+    b->linktype = src->linktype;
     while (b->n < READ_BLOCK) {
-        b->end = src->linktype;
         int rc = pcap_dispatch(src->pcap, READ_BLOCK - b->n, on_read, (u_char *)b);
-        b->end = 0;
         if (rc == 0) {
             b->end = SENSOR_EOF;
             return;
@@ -453,6 +451,7 @@ static int reader_start(sensor_t *s)
         set_error(s->err, "out of memory for the read-ahead buffer");
         return SENSOR_ENOMEM;
     }
+    for (int i = 0; i < READ_BLOCKS; i++) r->blocks[i].ft = s->ft;
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->changed, NULL);
     r->threaded = pthread_create(&r->thread, NULL, read_ahead, s) == 0;
@@ -519,20 +518,28 @@ static int poll_file(sensor_t *s, int cnt)
     int n = 0;
     while (n < cnt) {
         read_block_t *b = reader_next(s);
-        while (r->pos < b->n && n < cnt) {
-            const read_entry_t *e = &b->e[r->pos++];
-            src->packets++;
-            src->bytes += e->len;
-            meter_decoded(s, &e->pkt, e->rc, e->ts, e->len);
-            n++;
-            if (s->until_us && e->ts >= s->until_us) {
-                flush(s);
-                return n;
+        int i = r->pos, limit = b->n - i < cnt - n ? b->n : i + (cnt - n), run = i, reached = 0;
+        for (; i < limit && !reached; i++) {      /* count each packet; meter runs of decoded ones */
+            src->bytes += b->len[i];
+            s->stats.bytes += b->len[i];
+            if (b->ts[i] > s->stats.last_packet_us) s->stats.last_packet_us = b->ts[i];
+            reached = s->until_us && b->ts[i] >= s->until_us;
+            if (b->rc[i] < 0) {
+                s->stats.decode_errors[-1 - b->rc[i]]++;
+                ft_packets_looked(s->ft, &b->pkt[run], &b->look[run], &b->ts[run], (size_t)(i - run), 0);
+                run = i + 1;
+            } else if (b->pkt[i].anomaly) {
+                s->stats.decode_errors[b->pkt[i].anomaly - 1]++;   /* metered, but noted */
             }
         }
+        ft_packets_looked(s->ft, &b->pkt[run], &b->look[run], &b->ts[run], (size_t)(i - run), 0);
+        src->packets += (uint64_t)(i - r->pos);
+        s->stats.packets += (uint64_t)(i - r->pos);
+        n += i - r->pos;
+        r->pos = i;
+        if (reached) return n;
         if (r->pos < b->n) break;             /* budget spent inside the block */
         if (b->end) {
-            flush(s);
             s->eof = 1;
             if (b->end == SENSOR_EFILE) {
                 set_error(s->err, "%s", b->err);
@@ -542,7 +549,6 @@ static int poll_file(sensor_t *s, int cnt)
         }
         reader_release(r);
     }
-    flush(s);
     return n;
 }
 

@@ -13,8 +13,9 @@
    ``query.read_records`` patched to ``indexed=False``) and against no ``-t``; with the EXPLAIN QUERY
    PLAN of each.
 3. racluster -m saddr daddr over 1 M records: ``flowtap racluster`` over the archive that
-   ``flowtap record`` makes of ``bench/out/distinct-1000k.pcap`` (the SQL GROUP BY path, and the
-   Python clusterer forced), against Argus's ``racluster`` over ``argus -r`` of the same capture.
+   ``flowtap record`` makes of ``bench/out/distinct-1000k.pcap`` (merged and printed in C, and the
+   SQL GROUP BY and Python clusterer paths forced), against Argus's ``racluster`` over ``argus -r``
+   of the same capture.
 
 Results are printed and written into the ``query`` section of bench/RESULTS.md.
 
@@ -227,17 +228,21 @@ def queries(directory: Path, repeat: int) -> dict:
 # --- 3. racluster over 1 M records ---------------------------------------------------------------
 
 def clustering(directory: Path, arg: Path, repeat: int) -> dict:
-    """racluster -m saddr daddr: flowtap (SQL, Python) and Argus, output to /dev/null."""
+    """racluster -m saddr daddr: flowtap (C, SQL, Python) and Argus, output to /dev/null."""
     print("racluster -m saddr daddr over 1 M records", flush=True)
     args = ["racluster", "-m", "saddr", "daddr", "-n", "-r", directory]
-    sql_out = sh([FLOWTAP, *args]).stdout
-    py_out = sh([PYTHON, "-c", PYTHON_CLUSTER, *args]).stdout
+    no_c = ["env", "FLOWTAP_NO_FASTPATH=1"]            # the clusterer in C declined
+    c_out = sh([FLOWTAP, *args]).stdout
+    sql_out = sh([*no_c, FLOWTAP, *args]).stdout
+    py_out = sh([*no_c, PYTHON, "-c", PYTHON_CLUSTER, *args]).stdout
     argus_out = sh(["racluster", "-X", "-m", "saddr", "daddr", "-n", "-r", arg]).stdout
-    return {"sql": timed("flowtap racluster (SQL)", [FLOWTAP, *args], repeat),
-            "python": timed("flowtap racluster (Python)", [PYTHON, "-c", PYTHON_CLUSTER, *args], repeat),
+    return {"c": timed("flowtap racluster (C)", [FLOWTAP, *args], repeat),
+            "sql": timed("flowtap racluster (SQL)", [*no_c, FLOWTAP, *args], repeat),
+            "python": timed("flowtap racluster (Python)", [*no_c, PYTHON, "-c", PYTHON_CLUSTER, *args],
+                            repeat),
             "argus": timed("argus racluster", ["racluster", "-X", "-m", "saddr", "daddr", "-n", "-r", arg],
                            repeat),
-            "same": sql_out == py_out, "rows": len(sql_out.splitlines()) - 1,
+            "same": c_out == sql_out == py_out, "rows": len(c_out.splitlines()) - 1,
             "argus_rows": len(argus_out.splitlines()) - 1,
             "records": archive_records(directory)[0], "argus_records": argus_records(arg)}
 
@@ -304,18 +309,20 @@ def report(rec: dict, rec_d: dict, q: dict, cl: dict, n_set: int, size_set: int,
              "### racluster -m saddr daddr over 1 M records", "",
              f"- input: the archive of `{common._show(str(DISTINCT_PCAP))}` ({cl['records']:,} records) "
              f"and Argus's .arg of the same capture ({cl['argus_records']:,} records); "
-             f"{cl['rows']:,} clusters (Argus {cl['argus_rows']:,}); SQL and Python output "
+             f"{cl['rows']:,} clusters (Argus {cl['argus_rows']:,}); C, SQL and Python output "
              f"{'identical' if cl['same'] else 'DIFFERENT'}", "",
              "| case | command | wall (s) | records/s | peak RSS (MiB) |", "|---|---|---:|---:|---:|"]
-    for key, label, cmd in (("sql", "flowtap, GROUP BY in SQL",
+    for key, label, cmd in (("c", "flowtap, merged and printed in C (native/cluster.c)",
                              "flowtap racluster -m saddr daddr -n -r DIR"),
-                            ("python", "flowtap, Python clusterer (forced)", "same, query.cluster_archives declined"),
+                            ("sql", "flowtap, GROUP BY in SQL (C declined)", "same, FLOWTAP_NO_FASTPATH=1"),
+                            ("python", "flowtap, Python clusterer (C and SQL declined)",
+                             "same, and query.cluster_archives declined"),
                             ("argus", "Argus racluster", "racluster -X -m saddr daddr -n -r x.arg")):
         c = cl[key]
         n = cl["argus_records"] if key == "argus" else cl["records"]
         rows.append(f"| {label} | `{cmd}` | {c.wall:.2f} | {rate(n, c)} | {c.rss_kb / 1024:.0f} |")
-    rows += ["", f"- SQL/Python wall: {cl['sql'].wall / cl['python'].wall:.2f}; "
-             f"SQL/Argus wall: {cl['sql'].wall / cl['argus'].wall:.2f}"]
+    rows += ["", f"- flowtap (C)/Argus wall: {cl['c'].wall / cl['argus'].wall:.2f}; "
+             f"C/SQL: {cl['c'].wall / cl['sql'].wall:.2f}; SQL/Python: {cl['sql'].wall / cl['python'].wall:.2f}"]
     return rows
 
 

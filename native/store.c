@@ -13,10 +13,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The text values of the record being inserted: bound without a copy (SQLITE_STATIC), so they
+ * live here until its step. */
+typedef struct row_text {
+    char addr[2][64], mac[2][18], tcpflags[2][8], flgs[9], community_id[30];
+} row_text_t;
+
 struct sensor_store {
     sqlite3 *db;
     sqlite3_stmt *insert, *info;
     char srcid[257];                /* 64 characters of UTF-8 */
+    row_text_t text;
 };
 
 /* The flows columns this binds, in bind order (appliance/archive.py FLOW_COLUMNS has them all). */
@@ -117,7 +124,8 @@ int sensor_store_open(const char *path, const char *srcid, char *errbuf, sensor_
         return SENSOR_ENOMEM;
     }
     strcpy(st->srcid, srcid);
-    int rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE, NULL);
+    /* One thread uses the handle (the writer's): no mutex around each of a row's 50 API calls. */
+    int rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(st->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
@@ -152,7 +160,7 @@ int sensor_store_set_info(sensor_store_t *st, const char *key, const char *json_
 
 static void bind_text(sqlite3_stmt *s, int i, const char *text, size_t n)
 {
-    sqlite3_bind_text(s, i, text, (int)n, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, i, text, (int)n, SQLITE_STATIC);    /* row_text_t or the record: kept until the step */
 }
 
 static void bind_str(sqlite3_stmt *s, int i, const char *text)
@@ -174,7 +182,7 @@ static void bind_record(sensor_store_t *st, const sensor_flow_t *r)
     sqlite3_stmt *s = st->insert;
     facts_t f;
     int ok = ft_record_facts(r, &f);             /* else: enum columns NULL, the rest as they are */
-    char text[64];
+    row_text_t *t = &st->text;
     size_t n;
     int tcp = r->proto == 6 && f.ip;
 
@@ -186,10 +194,10 @@ static void bind_record(sensor_store_t *st, const sensor_flow_t *r)
     sqlite3_bind_double(s, 5, (double)r->ltime_us / 1e6);
     sqlite3_bind_double(s, 6, (double)((int64_t)(r->ltime_us - r->stime_us)) / 1e6);
     sqlite3_bind_int(s, 7, r->proto);
-    if ((n = ft_addr_text(r, 0, text)))
-        bind_text(s, 8, text, n);
-    if ((n = ft_addr_text(r, 1, text)))
-        bind_text(s, 10, text, n);
+    if ((n = ft_addr_text(r, 0, t->addr[0])))
+        bind_text(s, 8, t->addr[0], n);
+    if ((n = ft_addr_text(r, 1, t->addr[1])))
+        bind_text(s, 10, t->addr[1], n);
     if (f.ported) {
         sqlite3_bind_int(s, 9, r->port[0]);
         sqlite3_bind_int(s, 11, r->port[1]);
@@ -213,10 +221,10 @@ static void bind_record(sensor_store_t *st, const sensor_flow_t *r)
         sqlite3_bind_int(s, 21, r->tos[1]);
         sqlite3_bind_int(s, 23, r->ttl[1]);
     }
-    ft_mac_text(r->mac[0], text);
-    bind_text(s, 24, text, 17);
-    ft_mac_text(r->mac[1], text);
-    bind_text(s, 25, text, 17);
+    ft_mac_text(r->mac[0], t->mac[0]);
+    bind_text(s, 24, t->mac[0], 17);
+    ft_mac_text(r->mac[1], t->mac[1]);
+    bind_text(s, 25, t->mac[1], 17);
     if (r->vlan[0] != 0xFFFF)
         sqlite3_bind_int(s, 26, r->vlan[0]);
     if (r->vlan[1] != 0xFFFF)
@@ -225,8 +233,8 @@ static void bind_record(sensor_store_t *st, const sensor_flow_t *r)
         sqlite3_bind_int64(s, 28, r->mpls[0]);
     if (r->mpls[1] != 0xFFFFFFFFu)
         sqlite3_bind_int64(s, 29, r->mpls[1]);
-    bind_text(s, 30, text, ft_flag_letters(r->tcpflags[0], FT_TCP_FLAG_LETTERS, text));
-    bind_text(s, 31, text, ft_flag_letters(r->tcpflags[1], FT_TCP_FLAG_LETTERS, text));
+    bind_text(s, 30, t->tcpflags[0], ft_flag_letters(r->tcpflags[0], FT_TCP_FLAG_LETTERS, t->tcpflags[0]));
+    bind_text(s, 31, t->tcpflags[1], ft_flag_letters(r->tcpflags[1], FT_TCP_FLAG_LETTERS, t->tcpflags[1]));
     sqlite3_bind_double(s, 32, r->synack_us / 1e6);
     sqlite3_bind_double(s, 33, r->ackdat_us / 1e6);
     sqlite3_bind_double(s, 34, ((uint64_t)r->synack_us + r->ackdat_us) / 1e6);
@@ -238,16 +246,16 @@ static void bind_record(sensor_store_t *st, const sensor_flow_t *r)
     sqlite3_bind_int64(s, 40, r->minsz[0]);
     sqlite3_bind_int64(s, 41, r->maxsz[1]);
     sqlite3_bind_int64(s, 42, r->minsz[1]);
-    ft_flgs_text(r, text);
-    bind_text(s, 43, text, 9);
+    ft_flgs_text(r, t->flgs);
+    bind_text(s, 43, t->flgs, 9);
     if (tcp && ok) {
         if (r->conn_state)                       /* 0: not classified, None in to_record */
             bind_str(s, 44, FT_CONN_STATES[r->conn_state]);
         bind_text(s, 45, r->history, strnlen(r->history, sizeof r->history));
     }
     if (f.sip && r->proto <= 255 && (r->addr_type == SENSOR_ADDR_IP4 || r->addr_type == SENSOR_ADDR_IP6)) {
-        community_id(r, &f, text);
-        bind_text(s, 46, text, 30);
+        community_id(r, &f, t->community_id);
+        bind_text(s, 46, t->community_id, 30);
     }
     sqlite3_bind_int(s, 47, r->ifindex);
 }

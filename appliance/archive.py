@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -155,9 +156,6 @@ def close_archive(path: Path, state: str = "closed") -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
-        # The index sorts may use a second core: the live recorder waits for this (its capture
-        # ring holds the frames meanwhile), so shorter is better. ~20% less time on 2 cores.
-        conn.execute("PRAGMA threads = 2")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA journal_mode = DELETE")
         conn.execute("BEGIN IMMEDIATE")
@@ -168,6 +166,23 @@ def close_archive(path: Path, state: str = "closed") -> None:
     finally:
         conn.close()
     os.chmod(path, 0o444)
+
+
+class _Closing:
+    """An archive being closed (close_archive) on a thread of its own, started at once; the writer
+    reaps it, and an error is handed over, not raised there."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"close {path.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            close_archive(self.path)
+        except BaseException as exc:           # noqa: BLE001  the writer's thread deals with it
+            self.error = exc
 
 
 @dataclass
@@ -245,6 +260,7 @@ class ArchiveWriter:
         self.last_error = ""
         self.failing = False             # the last write failed: retry once per commit interval
         self.unclosed: list[Path] = []   # archives whose closing failed: tried again after a commit
+        self.closing: _Closing | None = None   # the last archive rotated out, closed on a thread
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = _lock_directory(self.dir)
         self._insert = (f"INSERT INTO flows ({', '.join(FLOW_NAMES)}) "
@@ -359,6 +375,7 @@ class ArchiveWriter:
         space by retention, keep what was not written queued (up to BUFFER_LIMIT) and try again
         next time."""
         self.last_commit = time.monotonic()
+        self._reap()
         if not self.queued and not self.status_pending:
             return
         try:
@@ -395,7 +412,7 @@ class ArchiveWriter:
         for path in list(self.unclosed):
             self._close(path)
         if self.current and self.current.path.stat().st_size >= self.cfg.size_cap:
-            self.rotate(now)
+            self.rotate(now, background=True)
 
     def _written(self, cur: OpenArchive, n: int) -> None:
         cur.records += n
@@ -448,10 +465,15 @@ class ArchiveWriter:
             return
         if self.queued or self.status_pending:
             self.commit(self.clock)
-        self.rotate(self.clock)
+        self.rotate(self.clock, background=True)
 
-    def rotate(self, now: float) -> None:
-        """Commit, close the open archive and apply retention; the next commit opens a new one."""
+    def rotate(self, now: float, background: bool = False) -> None:
+        """Commit, close the open archive and apply retention; the next commit opens a new one.
+
+        :param background: close it on a thread (the recorder's rotations): building its indexes
+            takes seconds for a busy hour, and the recorder goes on reading its capture meanwhile.
+            Retention follows when the close is reaped; a failed close is retried here.
+        """
         if self.current is None:
             return
         if self.queued or self.status_pending:
@@ -461,7 +483,27 @@ class ArchiveWriter:
                 return                      # commit rotated already, or the disk is refusing writes
         cur, self.current = self.current, None
         cur.close()
+        self._reap(wait=True)               # one close at a time, oldest first
+        if background:
+            self.closing = _Closing(cur.path)
+            return
         self._close(cur.path)
+        self.enforce_retention()
+
+    def _reap(self, wait: bool = False) -> None:
+        """Finish a background close once its thread is done (or wait for it): retention then, or
+        the close again here, with the full-disk handling of :meth:`_close`."""
+        closing = self.closing
+        if closing is None or (closing.thread.is_alive() and not wait):
+            return
+        closing.thread.join()
+        self.closing = None
+        if closing.error is None:
+            log.info("closed archive %s", closing.path.name)
+        else:
+            log.warning("closing %s on its thread failed (%s); closing it again", closing.path.name,
+                        closing.error)
+            self._close(closing.path)
         self.enforce_retention()
 
     def _close(self, path: Path) -> bool:
@@ -488,6 +530,7 @@ class ArchiveWriter:
         still refuses are counted in ``records_lost``; an archive that cannot be closed is left for
         recovery on the next start."""
         now = time.time() if now is None else now
+        self._reap(wait=True)
         if self.queued or self.status_pending:
             self.commit(now)
         self.rotate(now)

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,48 @@ def test_rotation_by_period_splits_nothing_and_info_matches(tmp_path, pcaps_dir)
     assert total == len(metered)
     assert sorted(map(stored, archived_records(Path(cfg.archive.dir))), key=repr) == \
         sorted(map(stored, metered), key=repr)
+
+
+def test_rotation_closes_the_old_archive_on_a_thread_while_writing_goes_on(tmp_path, pcaps_dir):
+    """Closing builds the host and port indexes: seconds for a busy hour. The recorder must go on
+    reading its capture meanwhile, so a rotation hands the close to a thread and returns."""
+    cfg = make_config(tmp_path, rotate_interval=3600, min_free_percent=0)
+    recs = list(capture.meter_file(str(pcaps_dir / "large/pcpp-example.pcap"), cfg))
+    hour = archive.period_start(recs[0]["stime"], 3600)
+    shift = hour + 3600 - min(r["stime"] for r in recs) + 1          # the same records, next hour
+    later = [dict(r, stime=r["stime"] + shift, ltime=r["ltime"] + shift) for r in recs]
+    w = ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
+    w.add(recs, now=hour + 1)
+    w.commit(hour + 1)
+    first = w.current.path
+    conn = sqlite3.connect(first)                         # a busy hour: 2**11 times the records
+    with conn:
+        for _ in range(11):
+            conn.execute("INSERT INTO flows SELECT * FROM flows")
+        big = conn.execute("SELECT count(*) FROM flows").fetchone()[0]
+        conn.execute("UPDATE archive_info SET value = ? WHERE key = 'records'", (str(big),))
+    conn.close()
+    w.current.records = big
+
+    started = time.monotonic()
+    w.add(later, now=hour + 3600 + 2)                     # leaves the hour: rotates
+    w.commit(hour + 3600 + 2)                             # and writes the next hour's archive
+    returned = time.monotonic() - started
+    assert w.closing is not None and w.closing.path == first
+    assert w.closing.thread.is_alive() and not archive.is_closed(first), \
+        f"the close of {big:,} records ended within {returned:.2f} s: not on a thread?"
+    second = w.current.path
+    assert second != first
+    w.close(hour + 3600 + 3)
+    assert w.closing is None
+    for path, n in ((first, big), (second, len(later))):
+        assert archive.is_closed(path)
+        with archive.open_readonly(path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert archive.read_info(conn)["records"] == n
+            assert conn.execute("SELECT count(*) FROM flows").fetchone()[0] == n
+            indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            assert {name for name, _ in archive.CLOSE_INDEXES} <= indexes
 
 
 def test_size_cap_rotates_without_losing_records(tmp_path, pcaps_dir):

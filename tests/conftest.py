@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pathlib
+import signal
 import time
 
 import pytest
 from click.testing import CliRunner
+
+# A suite started as a background job (`cmd &` in a script) inherits SIGINT ignored, and so would
+# every flowtap it starts: the tests that end `flowtap ra -S` with Ctrl-C need it at its default.
+# A handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -180,11 +180,20 @@ class Sniffer:
             self.frames.append((addr[2] == PACKET_OUTGOING, bytes(buf[:128]), n))
 
     def close(self) -> dict[str, int]:
-        """Stop; returns the interface counters' change while the sniffer ran."""
-        end = link_counters(self.lab, self.ns)
-        self.drain()
+        """Stop; returns the interface counters' change while the sniffer ran. A frame can be in
+        the counters a moment before it is in the socket's queue: drain until both agree (2 s)."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            end = link_counters(self.lab, self.ns)
+            self.drain()
+            delta = {k: end[k] - self.start[k] for k in end}
+            out = sum(1 for f in self.frames if f[0])
+            if ((len(self.frames) - out, out) == (delta["rx_packets"], delta["tx_packets"])
+                    or time.monotonic() > deadline):
+                break
+            time.sleep(0.05)
         self.sock.close()
-        return {k: end[k] - self.start[k] for k in end}
+        return delta
 
     def count(self, key: FlowKey, reverse: FlowKey | None = None) -> Count:
         """Frames of one flow: s* in the direction of key, d* in the reverse direction (for ICMP,

@@ -172,9 +172,7 @@ def cluster_text(out: IO[str], paths: Sequence[str], keys: Sequence[Any], ast: A
         return False
     if any(f.kind != FIELDS.get(f.key, f).kind for f in fields):
         return False
-    need = set(_fields.keys_read(fields, opts) - {"trans"})
-    need |= {k.key for k in keys} | {"stime", "ltime"}
-    need |= {side + "pkts" for side in "sd" if need & {side + "maxsz", side + "minsz"}}
+    need = query.merge_columns(keys, _fields.keys_read(fields, opts) - {"trans"})
     columns = [k for k in query.RECORD_ORDER if k in need]
     encoding = out.encoding or "utf-8"
     try:

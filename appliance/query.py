@@ -594,6 +594,14 @@ class _Merger(_cluster.Clusterer):
         self._table[key] = agg
 
 
+def merge_columns(keys: Sequence[_cluster.KeyField], need: Iterable[str]) -> frozenset[str]:
+    """The record keys a merge by ``keys`` reads to print ``need``: those, the keys, stime and
+    ltime (the order and dur), and a side's packets with its packet sizes (kept only where that
+    side sent packets)."""
+    needed = frozenset(need) | {k.key for k in keys} | {"stime", "ltime"}
+    return needed | {side + "pkts" for side in "sd" if needed & {side + "maxsz", side + "minsz"}}
+
+
 def cluster_archives(paths: Iterable[str | os.PathLike[str]], keys: Sequence[_cluster.KeyField],
                      ast: Any = None, norep: bool = False, time_limit: float | None = None,
                      errors: list[str] | None = None,
@@ -615,10 +623,7 @@ def cluster_archives(paths: Iterable[str | os.PathLike[str]], keys: Sequence[_cl
     merger = _Merger(keys, norep=norep, correct=False)
     # Results are sorted by their key fields' merged values; partial records of several files are
     # merged by stime and ltime, and a side's packet sizes only where that side has packets.
-    needed = frozenset(RECORD_ORDER)
-    if need is not None:
-        needed = frozenset(need) | {k.key for k in keys} | {"stime", "ltime"}
-        needed |= {side + "pkts" for side in "sd" if needed & {side + "maxsz", side + "minsz"}}
+    needed = frozenset(RECORD_ORDER) if need is None else merge_columns(keys, need)
     failed: list[str] = []
     try:
         for path in paths:

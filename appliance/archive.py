@@ -621,6 +621,19 @@ def is_disk_full(exc: BaseException) -> bool:
     return getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc).lower()
 
 
+SQLITE_CORRUPT = 11      # sqlite3.h: the primary result code for a damaged page
+
+
+def is_damage(e: sqlite3.Error) -> bool:
+    """True if SQLite finds the file damaged (not busy, interrupted, full, not a database, ...),
+    or a record's text is not UTF-8 (the sqlite3 module's own error: the record's bytes are
+    garbage)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == SQLITE_CORRUPT
+    return str(e).startswith("Could not decode to UTF-8")
+
+
 def readonly_uri(path: Path) -> str:
     """The SQLite URI that opens an archive read-only: closed archives as immutable."""
     return f"file:{path.resolve()}?mode=ro{'&immutable=1' if is_closed(path) else ''}"
@@ -634,5 +647,6 @@ def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
         conn.execute("SELECT 1 FROM archive_info LIMIT 1")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise ArchiveError(f"{p}: not a flowtap archive ({exc})") from None
+        what = "damaged archive" if is_damage(exc) else "not a flowtap archive"
+        raise ArchiveError(f"{p}: {what} ({exc})") from None
     return conn

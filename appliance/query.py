@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -51,6 +52,7 @@ PROGRESS_STEPS = 20_000          # SQLite VM steps between time-limit checks
 DUR_SLACK = 1.0                  # seconds added to the widest record when bounding stime
 _max_dur_cache: dict[tuple[str, int, int], float] = {}
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class QueryError(Exception):
@@ -132,6 +134,8 @@ def _check_schema(conn: sqlite3.Connection) -> None:
         info = _archive.read_info(conn)
         have = {row[1] for row in conn.execute("PRAGMA table_info(flows)")}
     except (sqlite3.Error, ValueError) as e:
+        if isinstance(e, sqlite3.Error) and _archive.is_damage(e):
+            raise QueryError(f"damaged archive ({e})") from None
         raise QueryError(f"not a flowtap archive ({e})") from None
     version = info.get("schema_version")
     if not isinstance(version, int) or version > _archive.SCHEMA_VERSION:
@@ -276,10 +280,12 @@ def plan_file(path: Path, ast: Any, deadline: float | None = None) -> FileQuery:
         raise _sql_error(e) from None
 
 
-def record_sql(where: str, indexed: bool = True, columns: Sequence[str] = RECORD_ORDER) -> str:
-    """The statement that reads ``columns`` of the records matching ``where`` in rowid order."""
+def record_sql(where: str, indexed: bool = True, columns: Sequence[str] = RECORD_ORDER,
+               rid: bool = False) -> str:
+    """The statement that reads ``columns`` of the records matching ``where`` in rowid order
+    (with ``rid``, the rowid last)."""
     select = _SELECT if columns is RECORD_ORDER else ", ".join(ident(k) for k in columns)
-    return f"SELECT {select} FROM {source(indexed)} WHERE {where} ORDER BY rid"
+    return f"SELECT {select}{', rid' if rid else ''} FROM {source(indexed)} WHERE {where} ORDER BY rid"
 
 
 def explain(path: str | os.PathLike[str], ast: Any, indexed: bool = True) -> list[str]:
@@ -305,24 +311,94 @@ def read_file(path: Path, ast: Any, deadline: float | None = None, indexed: bool
     """Records of one archive file that match ``ast``, in rowid order; with ``need``, holding
     only those keys (what the caller reads: fewer columns to fetch and to build).
 
-    :raises QueryError: unreadable or foreign file, a damaged page (after the records before it),
-        or ``QueryTimeout``.
+    A damaged page does not end the file: the records beyond it are read too (``_read_around``),
+    and a ``QueryError`` after them names the records that could not be read.
+
+    :raises QueryError: unreadable or foreign file, damaged records (after all the others), or
+        ``QueryTimeout``.
     """
     fq = plan_file(path, ast, deadline)
     try:
         if fq.where is None:
             return
-        sql, params = fq.where
         keys = RECORD_ORDER if need is None else tuple(k for k in RECORD_ORDER if k in need) or ("seq",)
-        try:
-            cur = fq.conn.execute(record_sql(sql, indexed, keys), params)
-            while rows := cur.fetchmany(1024):
-                for row in rows:
-                    yield dict(zip(keys, row))
-        except sqlite3.Error as e:
-            raise _sql_error(e) from None
+        yield from _read_around(fq, keys, indexed)
     finally:
         fq.conn.close()
+
+
+def _read_around(fq: FileQuery, keys: Sequence[str], indexed: bool) -> Iterator[dict[str, Any]]:
+    """The records of ``fq`` as dicts of ``keys``, in rowid order, read around damaged pages.
+
+    SQLite ends a statement at the first damaged page, but each record stays reachable through
+    the table's B-tree by its rowid unless its own page is the damaged one (rowids are dense:
+    archives never delete rows). So after damage the read goes on from the last rowid read, on
+    the table alone (the damage may be in an index), one rowid further each time that seek
+    fails, up to the archive's last rowid. That scan reads every row and yields those the filter
+    matches, so that what is reported lost is what could not be read. Flash cards do corrupt
+    pages; one bad page must not hide the hour around it.
+    """
+    assert fq.where is not None
+    where, params = fq.where
+    sql, args = record_sql(where, indexed, keys, rid=True), params
+    resume = (f"SELECT {', '.join(ident(k) for k in keys)}, rid, ({where}) "
+              f"FROM {source(False)} WHERE rid > ? ORDER BY rid")
+    n = len(keys)
+    after, top, damage = 0, None, ""
+    gaps: list[tuple[int, int]] = []          # rowid ranges that could not be read
+    gap_from: int | None = None
+    # Batches until damage (a batch that fails is read again on resume), then row by row; the
+    # resumed rows carry the filter's verdict.
+    batch, filtered = 1024, False
+    while True:
+        try:
+            cur = fq.conn.execute(sql, args)
+            while rows := cur.fetchmany(batch):
+                if gap_from is not None:
+                    gaps.append((gap_from, rows[0][n] - 1))
+                    gap_from = None
+                after = rows[-1][n]
+                for row in rows:
+                    if not filtered or row[n + 1]:
+                        yield dict(zip(keys, row))
+            break
+        except sqlite3.Error as e:
+            if not _archive.is_damage(e):
+                raise _sql_error(e) from None
+            if not damage:                    # first: on from the last record, without indexes
+                damage, top = str(e), _last_rowid(fq.conn)
+            else:
+                gap_from = after + 1 if gap_from is None else gap_from
+                after += 1
+            if top is None:                   # where the records end is unreadable too
+                raise QueryError(f"damaged: the records after rowid {after} could not be read "
+                                 f"({damage}); those before it were read")
+            if after >= top:
+                break
+            sql, args, batch, filtered = resume, [*params, after], 1, True
+    if gap_from is not None:
+        gaps.append((gap_from, max(top or 0, gap_from)))
+    if gaps:
+        lost = sum(b - a + 1 for a, b in gaps)
+        spans = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in gaps[:5])
+        more = ", ..." if len(gaps) > 5 else ""
+        raise QueryError(f"damaged: {lost} records could not be read (rowids {spans}{more}; "
+                         f"{damage}); the other records were read")
+    if damage:
+        log.warning("%s: damaged index (%s); every record was read from the table", fq.path, damage)
+
+
+def _last_rowid(conn: sqlite3.Connection) -> int | None:
+    """The highest rowid of ``flows``, or the record count ``archive_info`` holds when the
+    table's last page is the damaged one (None if neither can be read)."""
+    for sql in ("SELECT max(rowid) FROM flows",
+                "SELECT value FROM archive_info WHERE key = 'records'"):
+        try:
+            row = conn.execute(sql).fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+        except (sqlite3.Error, ValueError):
+            continue
+    return None
 
 
 def read_records(path: str | os.PathLike[str], ast: Any = None, time_limit: float | None = None,
@@ -533,7 +609,7 @@ def cluster_file(path: Path, keys: Sequence[_cluster.KeyField], ast: Any,
     updated them).
 
     :raises QueryError: as ``read_file``.
-    :raises _Odd: a group the SQL merge cannot reproduce exactly.
+    :raises _Odd: a group the SQL merge cannot reproduce exactly, or a damaged page.
     """
     fq = plan_file(path, ast, deadline)
     try:
@@ -563,6 +639,8 @@ def cluster_file(path: Path, keys: Sequence[_cluster.KeyField], ast: Any,
                 for key, rec in varied.items():
                     rec["flgs"] = _merged_flgs(values[key])
         except sqlite3.Error as e:
+            if _archive.is_damage(e):        # read_file reads around the damage, record by record
+                raise _Odd(f"damaged archive: {e}") from None
             raise _sql_error(e) from None
         out.sort(key=lambda t: t[0])
         return [t[1:] for t in out]

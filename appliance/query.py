@@ -280,12 +280,13 @@ def plan_file(path: Path, ast: Any, deadline: float | None = None) -> FileQuery:
         raise _sql_error(e) from None
 
 
-def record_sql(where: str, indexed: bool = True, columns: Sequence[str] = RECORD_ORDER,
-               rid: bool = False) -> str:
-    """The statement that reads ``columns`` of the records matching ``where`` in rowid order
-    (with ``rid``, the rowid last)."""
-    select = _SELECT if columns is RECORD_ORDER else ", ".join(ident(k) for k in columns)
-    return f"SELECT {select}{', rid' if rid else ''} FROM {source(indexed)} WHERE {where} ORDER BY rid"
+def record_sql(where: str, indexed: bool = True, columns: Sequence[str] = RECORD_ORDER) -> str:
+    """The statement that reads ``columns`` of the records matching ``where`` in rowid order."""
+    return f"SELECT {_select(columns)} FROM {source(indexed)} WHERE {where} ORDER BY rid"
+
+
+def _select(columns: Sequence[str]) -> str:
+    return _SELECT if columns is RECORD_ORDER else ", ".join(ident(k) for k in columns)
 
 
 def explain(path: str | os.PathLike[str], ast: Any, indexed: bool = True) -> list[str]:
@@ -311,8 +312,8 @@ def read_file(path: Path, ast: Any, deadline: float | None = None, indexed: bool
     """Records of one archive file that match ``ast``, in rowid order; with ``need``, holding
     only those keys (what the caller reads: fewer columns to fetch and to build).
 
-    A damaged page does not end the file: the records beyond it are read too (``_read_around``),
-    and a ``QueryError`` after them names the records that could not be read.
+    A damaged page does not end the file: the records beyond it are read too (``scan``), and a
+    ``QueryError`` after them names the records that could not be read.
 
     :raises QueryError: unreadable or foreign file, damaged records (after all the others), or
         ``QueryTimeout``.
@@ -322,13 +323,17 @@ def read_file(path: Path, ast: Any, deadline: float | None = None, indexed: bool
         if fq.where is None:
             return
         keys = RECORD_ORDER if need is None else tuple(k for k in RECORD_ORDER if k in need) or ("seq",)
-        yield from _read_around(fq, keys, indexed)
+        where, params = fq.where
+        for row in scan(fq.conn, fq.path, _select(keys), where, params, indexed):
+            yield dict(zip(keys, row))
     finally:
         fq.conn.close()
 
 
-def _read_around(fq: FileQuery, keys: Sequence[str], indexed: bool) -> Iterator[dict[str, Any]]:
-    """The records of ``fq`` as dicts of ``keys``, in rowid order, read around damaged pages.
+def scan(conn: sqlite3.Connection, path: Path, select: str, where: str, params: Sequence[Any],
+         indexed: bool = True, after: int = 0) -> Iterator[tuple]:
+    """The rows of ``SELECT {select} FROM source(indexed) WHERE {where}`` with rowids above
+    ``after``, in rowid order, read around damaged pages.
 
     SQLite ends a statement at the first damaged page, but each record stays reachable through
     the table's B-tree by its rowid unless its own page is the damaged one (rowids are dense:
@@ -337,22 +342,23 @@ def _read_around(fq: FileQuery, keys: Sequence[str], indexed: bool) -> Iterator[
     fails, up to the archive's last rowid. That scan reads every row and yields those the filter
     matches, so that what is reported lost is what could not be read. Flash cards do corrupt
     pages; one bad page must not hide the hour around it.
+
+    :raises QueryError: after every readable row, naming the rowids that could not be read;
+        ``QueryTimeout``; any other SQLite error at once.
     """
-    assert fq.where is not None
-    where, params = fq.where
-    sql, args = record_sql(where, indexed, keys, rid=True), params
-    resume = (f"SELECT {', '.join(ident(k) for k in keys)}, rid, ({where}) "
-              f"FROM {source(False)} WHERE rid > ? ORDER BY rid")
-    n = len(keys)
-    after, top, damage = 0, None, ""
+    cond, args = (where, list(params)) if not after else (f"rid > ? AND ({where})", [after, *params])
+    sql = f"SELECT {select}, rid FROM {source(indexed)} WHERE {cond} ORDER BY rid"
+    resume = f"SELECT {select}, rid, ({where}) FROM {source(False)} WHERE rid > ? ORDER BY rid"
+    top, damage = None, ""
     gaps: list[tuple[int, int]] = []          # rowid ranges that could not be read
     gap_from: int | None = None
     # Batches until damage (a batch that fails is read again on resume), then row by row; the
-    # resumed rows carry the filter's verdict.
+    # resumed rows carry the filter's verdict last.
     batch, filtered = 1024, False
     while True:
         try:
-            cur = fq.conn.execute(sql, args)
+            cur = conn.execute(sql, args)
+            n = len(cur.description) - (2 if filtered else 1)       # the rowid's column
             while rows := cur.fetchmany(batch):
                 if gap_from is not None:
                     gaps.append((gap_from, rows[0][n] - 1))
@@ -360,13 +366,13 @@ def _read_around(fq: FileQuery, keys: Sequence[str], indexed: bool) -> Iterator[
                 after = rows[-1][n]
                 for row in rows:
                     if not filtered or row[n + 1]:
-                        yield dict(zip(keys, row))
+                        yield row[:n]
             break
         except sqlite3.Error as e:
             if not _archive.is_damage(e):
                 raise _sql_error(e) from None
             if not damage:                    # first: on from the last record, without indexes
-                damage, top = str(e), _last_rowid(fq.conn)
+                damage, top = str(e), last_rowid(conn)
             else:
                 gap_from = after + 1 if gap_from is None else gap_from
                 after += 1
@@ -385,11 +391,11 @@ def _read_around(fq: FileQuery, keys: Sequence[str], indexed: bool) -> Iterator[
         raise QueryError(f"damaged: {lost} records could not be read (rowids {spans}{more}; "
                          f"{damage}); the other records were read")
     if damage:
-        log.warning("%s: damaged index (%s); every record was read from the table", fq.path, damage)
+        log.warning("%s: damaged index (%s); every record was read from the table", path, damage)
 
 
-def _last_rowid(conn: sqlite3.Connection) -> int | None:
-    """The highest rowid of ``flows``, or the record count ``archive_info`` holds when the
+def last_rowid(conn: sqlite3.Connection) -> int | None:
+    """The highest rowid of ``flows`` (0: none), or the record count ``archive_info`` holds when the
     table's last page is the damaged one (None if neither can be read)."""
     for sql in ("SELECT max(rowid) FROM flows",
                 "SELECT value FROM archive_info WHERE key = 'records'"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import signal
+import sqlite3
 import time
 
 import pytest
@@ -73,3 +74,24 @@ def utc(monkeypatch):
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+def damage_page(path: pathlib.Path, name: str = "flows", which: int | None = None,
+                keep_header: bool = False) -> int:
+    """Turn one leaf page of table or index ``name`` of SQLite file ``path`` (the middle one
+    by default) into garbage, as a failing flash card does: all of it, or with ``keep_header``
+    only its cells (the page still parses; its records decode to nonsense). Keeps the file's
+    mode; returns the page number."""
+    with sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True) as conn:
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        leaves = [r[0] for r in conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno", (name,))]
+    page = leaves[len(leaves) // 2 if which is None else which]
+    start = (page - 1) * size + (200 if keep_header else 0)
+    data = bytearray(path.read_bytes())
+    data[start:page * size] = b"\xff" * (page * size - start)
+    mode = path.stat().st_mode
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    path.chmod(mode)
+    return page

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance import archive
+from conftest import damage_page
 
 CAPTURE = "large/pcpp-example.pcap"      # 136 records on 9 leaf pages of flows
 FLOWTAP = [sys.executable, "-m", "appliance.cli"]
@@ -35,31 +36,12 @@ def good(pcaps_dir, tmp_path_factory) -> Path:
     return path
 
 
-def pages(path: Path, name: str) -> list[int]:
-    """Leaf pages of table or index ``name``, in page order."""
-    with sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True) as conn:
-        rows = conn.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
-                            "ORDER BY pageno", (name,)).fetchall()
-    return [r[0] for r in rows]
-
-
-def damaged_copy(good: Path, directory: Path, name: str = "flows", which: int | None = None,
-                 keep_header: bool = False) -> Path:
-    """A copy of ``good`` whose leaf page of ``name`` (the middle one by default) is garbage:
-    all of it, or with ``keep_header`` only the cells (the page still parses; the records on it
-    decode to nonsense)."""
+def damaged_copy(good: Path, directory: Path, **how) -> Path:
+    """A copy of ``good`` in ``directory`` with one page damaged (``conftest.damage_page``)."""
     directory.mkdir(parents=True, exist_ok=True)
     copy = directory / good.name
     shutil.copy(good, copy)
-    leaves = pages(good, name)
-    page = leaves[len(leaves) // 2 if which is None else which]
-    size = 4096
-    start = (page - 1) * size + (200 if keep_header else 0)
-    data = bytearray(copy.read_bytes())
-    data[start:page * size] = b"\xff" * (page * size - start)
-    copy.chmod(0o644)
-    copy.write_bytes(bytes(data))
-    copy.chmod(0o444)                 # closed archives are read-only files
+    damage_page(copy, **how)
     return copy
 
 

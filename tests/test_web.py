@@ -30,6 +30,7 @@ from appliance import archive, config, recorder
 from appliance.capture import check_bpf
 from appliance.cli import cli
 from appliance.web import create_app, settings
+from conftest import damage_page
 
 PASSWORD = "correct horse battery"
 CAPTURES = ["basic/dpkt-http.pcap", "basic/tcpreplay-test.pcap", "basic/pcpp-dns.pcap"]
@@ -539,6 +540,48 @@ def test_download_closed_archive_in_every_format(admin, archive_dir):
     r = admin.get(f"/archives/{path.name}/jsonl.gz")
     lines = [json.loads(x) for x in gzip.decompress(r.data).decode().splitlines()]
     assert [tuple(x.values()) for x in lines] == rows and list(lines[0]) == list(archive.FLOW_NAMES)
+
+
+def test_a_damaged_archive_is_searched_and_downloaded_around_the_damage(admin, archive_dir):
+    """A damaged page in one archive (flash cards do that): search still answers (200) with every
+    record SQLite can reach and names the archive and what was lost; the downloads hold every
+    readable row, oldest first, and end cleanly."""
+    path = max(archive.list_archives(archive_dir), key=lambda p: p.stat().st_size)
+    names = list(archive.FLOW_NAMES)
+
+    def search_csv() -> list[list[str]]:
+        r = admin.get("/search/download/csv?t=&filter=")
+        assert r.status_code == 200
+        return list(csv.reader(io.StringIO(r.text)))[1:]
+
+    def archive_rows(fmt: str) -> list[list[str]]:
+        r = admin.get(f"/archives/{path.name}/{fmt}")
+        assert r.status_code == 200
+        text = gzip.decompress(r.data).decode()
+        if fmt == "csv.gz":
+            return list(csv.reader(io.StringIO(text)))[1:]
+        return [[("" if v is None else str(v)) for v in json.loads(x).values()] for x in text.splitlines()]
+    before, whole = search_csv(), archive_rows("csv.gz")
+    before_json = archive_rows("jsonl.gz")
+    damage_page(path)
+
+    page = admin.get("/search?t=&filter=&sort=bytes&order=desc")     # reads every row
+    assert page.status_code == 200
+    note = re.search(rf"Damaged archive {re.escape(path.name)}: damaged: (\d+) records could not be "
+                     r"read \(rowids (\d+)-(\d+);", page.text)
+    assert note, page.text
+    lost, first, last = map(int, note.groups())
+    assert lost == last - first + 1 and 0 < lost < len(whole) // 2
+    after = search_csv()
+    gone = whole[first - 1:last]                       # rowids are the archive's row numbers
+    assert after == [row for row in before if row not in gone]
+    sizes = sorted((int(r[names.index("sbytes")]) + int(r[names.index("dbytes")]) for r in after),
+                   reverse=True)
+    assert [int(r[9].replace(",", "")) for r in result_rows(page.text)] == sizes[:50]
+    stimes = [float(row[names.index("stime")]) for row in after]
+    assert stimes == sorted(stimes)
+    assert archive_rows("csv.gz") == whole[:first - 1] + whole[last:]
+    assert archive_rows("jsonl.gz") == before_json[:first - 1] + before_json[last:]
 
 
 def test_download_open_archive_is_a_consistent_snapshot(admin, app, archive_dir, make_record, tmp_path):

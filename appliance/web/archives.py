@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -23,8 +24,10 @@ from flask import Blueprint, Response, abort, current_app, g, render_template
 
 from .. import archive as _archive
 from .. import filter as _filter
+from .. import query
 
 bp = Blueprint("archives", __name__)
+log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024           # bytes per streamed piece (below malloc's mmap threshold: no heap growth)
 PAGE = 500                  # rows per keyset-paged query
@@ -146,7 +149,7 @@ def keyset_rows(path: Path, seconds: float, where: str = "1", params: Iterable[A
     conn.execute("PRAGMA cache_size = -256")      # a sequential read needs little cache (KiB)
     params = list(params)
     try:
-        top = conn.execute("SELECT coalesce(max(rowid), 0) FROM flows").fetchone()[0]
+        top = query.last_rowid(conn) or 0
         last: tuple = (float("-inf"), 0) if by_time else (0,)
         while True:
             if by_time:
@@ -157,7 +160,13 @@ def keyset_rows(path: Path, seconds: float, where: str = "1", params: Iterable[A
                 sql = (f"SELECT {COLUMNS}, rid FROM {SOURCE} WHERE rid > ? AND rid <= ? AND ({where})"
                        " ORDER BY rid LIMIT ?")
                 args = [last[0], top, *params, PAGE]
-            rows = conn.execute(sql, args).fetchall()
+            try:
+                rows = conn.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as e:
+                if not _archive.is_damage(e):
+                    raise
+                yield from _around_damage(conn, path, where, [top, *params], last, by_time)
+                return
             if not rows:
                 return
             width = len(_archive.FLOW_NAMES)
@@ -166,6 +175,33 @@ def keyset_rows(path: Path, seconds: float, where: str = "1", params: Iterable[A
             last = rows[-1][width:]
     finally:
         conn.close()
+
+
+def _around_damage(conn: sqlite3.Connection, path: Path, where: str, params: list[Any],
+                   last: tuple, by_time: bool) -> Iterator[tuple]:
+    """The rows of a damaged archive after keyset position ``last``, read around the damage
+    (``query.scan``); oldest first with ``by_time`` (their (stime, rowid) are read and sorted,
+    then the rows fetched by rowid). What could not be read is logged: a download has no other
+    place to say it."""
+    bounded = f"rid <= ? AND ({where})"          # params start with the snapshot's last rowid
+    keys: list[tuple] = []
+    try:
+        if not by_time:
+            yield from query.scan(conn, path, COLUMNS, bounded, params, indexed=False, after=last[0])
+        else:
+            keys.extend(k for k in query.scan(conn, path, "stime, rid", bounded, params, indexed=False)
+                        if k > last)
+    except query.QueryTimeout:
+        raise
+    except query.QueryError as e:
+        log.error("download of %s: %s", path.name, e)
+    keys.sort()
+    for i in range(0, len(keys), PAGE):
+        rids = [rid for _, rid in keys[i:i + PAGE]]
+        sql = (f"SELECT rowid, {COLUMNS} FROM flows NOT INDEXED "
+               f"WHERE rowid IN ({', '.join('?' * len(rids))})")
+        rows = {row[0]: row[1:] for row in conn.execute(sql, rids)}
+        yield from (rows[rid] for rid in rids if rid in rows)
 
 
 def csv_chunks(rows: Iterable[tuple]) -> Iterator[bytes]:

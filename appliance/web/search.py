@@ -76,31 +76,60 @@ def _key(value: Any) -> tuple:
     return (value is not None, value if value is not None else 0)
 
 
-def page(ast: Any, sort: str, desc: bool, offset: int, limit: int) -> tuple[list[dict], bool]:
+NAMES = (*_archive.FLOW_NAMES, "pkts", "bytes")     # a result row's keys
+
+
+def page(ast: Any, sort: str, desc: bool, offset: int, limit: int,
+         damaged: list[str] | None = None) -> tuple[list[dict], bool]:
     """Rows offset..offset+limit of the whole result in sort order, and whether more follow.
 
+    :param damaged: receives "ARCHIVE: what could not be read" for each damaged archive (its
+        readable records are still in the result).
     :raises query.QueryTimeout: past QUERY_TIME_LIMIT.
     """
     order = "DESC" if desc else "ASC"
     deadline = time.monotonic() + current_app.config["QUERY_TIME_LIMIT"]
+    want = offset + limit + 1
     streams = []
-    for _path, fq in plans(ast, deadline):
+    for path, fq in plans(ast, deadline):
         where, params = fq.where
         try:
             cur = fq.conn.execute(
-                f"SELECT {_archives.COLUMNS}, pkts, bytes FROM {_archives.SOURCE}"
-                f" WHERE {where} ORDER BY {sort} {order}, rid {order} LIMIT ?", [*params, offset + limit + 1])
-            names = [c[0] for c in cur.description]
-            streams.append([dict(zip(names, row)) for row in cur])
-        except sqlite3.OperationalError as e:
+                f"SELECT {', '.join(NAMES)} FROM {_archives.SOURCE}"
+                f" WHERE {where} ORDER BY {sort} {order}, rid {order} LIMIT ?", [*params, want])
+            streams.append([dict(zip(NAMES, row)) for row in cur])
+        except sqlite3.DatabaseError as e:
             if "interrupt" in str(e):
                 raise query.QueryTimeout("query time limit reached") from None
-            raise
+            if not _archive.is_damage(e):
+                raise
+            streams.append(_around_damage(path, fq, sort, desc, want, damaged))
         finally:
             fq.conn.close()
     merged = heapq.merge(*streams, key=lambda r: _key(r[sort]), reverse=desc)
     rows = [r for _, r in zip(range(offset + limit + 1), merged)][offset:]
     return rows[:limit], len(rows) > limit
+
+
+def _around_damage(path: Path, fq: Any, sort: str, desc: bool, want: int,
+                   damaged: list[str] | None) -> list[dict]:
+    """The first ``want`` rows of a damaged archive in the page's order, read around the damage
+    (``query.scan``: the table row by row from where it broke); what was lost goes to ``damaged``."""
+    where, params = fq.where
+    rows = query.scan(fq.conn, path, f"{', '.join(NAMES)}, rid", where, params, indexed=False)
+    pick = heapq.nlargest if desc else heapq.nsmallest
+
+    def readable() -> Iterator[tuple]:
+        try:
+            yield from rows
+        except query.QueryTimeout:
+            raise
+        except query.QueryError as e:
+            if damaged is not None:
+                damaged.append(f"{path.name}: {e}")
+    at = NAMES.index(sort)
+    ordered = pick(want, readable(), key=lambda r: (_key(r[at]), r[-1]))
+    return [dict(zip(NAMES, row)) for row in ordered]
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -139,11 +168,12 @@ def index():
     ctx: dict[str, Any] = {"t": args.get("t", DEFAULT_RANGE), "filter": args.get("filter", ""),
                            "sort": sort, "order": "desc" if desc else "asc", "page": pageno,
                            "rows": [], "more": False, "error": None, "searched": searched,
-                           "shown": SHOWN, "sortable": SORTABLE}
+                           "shown": SHOWN, "sortable": SORTABLE, "damaged": []}
     status = 200
     if searched:
         try:
-            ctx["rows"], ctx["more"] = page(selection(args), sort, desc, (pageno - 1) * size, size)
+            ctx["rows"], ctx["more"] = page(selection(args), sort, desc, (pageno - 1) * size, size,
+                                            ctx["damaged"])
         except SearchError as e:
             ctx["error"], status = e, 400
         except query.QueryTimeout:

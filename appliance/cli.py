@@ -3,8 +3,8 @@
 Argus habits are kept: ``-s f1 f2 f3`` (several values after one flag, also ``-m`` and ``-r``),
 ``-nn``, ``-L0``, and a filter after a lone ``-`` (or ``--``). ``argus_argv`` rewrites such a
 command line into one click parses. Inputs (``-r``) are capture files (metered on the fly with the
-default configuration), flowtap record streams (``-`` is stdin; ``-w -`` writes one) and SQLite
-archives, files or directories, read through ``query.py`` (filter and ``-t`` in SQL; ``racluster
+default configuration), flowtap record streams (``-w -`` writes one; ``-`` is stdin, which may
+also carry a capture: ``pipe_input.py``) and SQLite archives, files or directories, read through ``query.py`` (filter and ``-t`` in SQL; ``racluster
 -m`` over archives only is a GROUP BY). ``-S URL`` instead attaches to a sensor's live record stream
 (``stream_client.py``): the records its archive gets from now on, the filter applied on the sensor.
 
@@ -27,6 +27,7 @@ import click
 
 from . import fields as _fields
 from . import output as _output
+from . import pipe_input
 from . import fastpath as _fastpath
 
 VALUE_OPTS = ("-r", "-s", "-m", "-M", "-c", "-L", "-N", "-t", "-Z", "-w", "-S")
@@ -189,20 +190,44 @@ def _add_stats(total: dict[str, Any], got: dict[str, Any]) -> None:
 
 
 def _stream_records(path: str) -> Iterator[dict]:
-    if path == "-":
-        yield from _output.read_stream(sys.stdin, "-")
-        return
     with open(path, encoding="utf-8") as f:
         yield from _output.read_stream(f, path)
+
+
+def _pipe_records(path: str, stats: dict[str, Any], direct: Direct | None) -> Iterator[dict]:
+    """The records of stdin (``-``) or a named pipe, read once (``pipe_input``): a record stream,
+    or a capture metered as a file is (``tcpdump -w - | flowtap ra -r -``)."""
+    try:
+        src = pipe_input.open_input(path)
+    except OSError as e:
+        raise SourceError(e.strerror or str(e)) from None
+    try:
+        head = pipe_input.sniff(src)
+        if head.startswith(SQLITE_MAGIC[:6]):
+            raise SourceError("an archive cannot be read from a pipe: name the file")
+        if not pipe_input.is_capture(head):
+            if head and not head.startswith(b'{"flowtap"'):
+                raise SourceError("neither a capture (pcap, pcapng) nor a flowtap record stream "
+                                  "(write one with `-w -`)")
+            yield from _output.read_stream(pipe_input.text(head, src), path)
+            return
+        with pipe_input.relay(head, src) as relayed:
+            yield from _capture_records(relayed, stats, direct)
+    except OSError as e:
+        raise SourceError(e.strerror or str(e)) from None
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()          # stdin's descriptor stays open (closefd=False)
 
 
 def open_records(path: str, selection: Selection, stats: dict[str, Any],
                  direct: Direct | None = None, need: frozenset[str] | None = None) -> Iterator[dict]:
     """Yield the records of one input that pass ``selection``, whatever kind the input is.
 
-    ``-`` is a record stream on stdin; a file is sniffed: a record stream (``-w`` output), a
-    SQLite archive or directory (``open_archive``), else a capture file metered with the default
-    configuration (meter counters are added to ``stats``). With ``direct``, a capture file is
+    A file is sniffed: a record stream (``-w`` output), a SQLite archive or directory
+    (``open_archive``), else a capture file metered with the default configuration (meter
+    counters are added to ``stats``). ``-`` (stdin) and named pipes may hold a record stream or
+    a capture (``_pipe_records``). With ``direct``, a capture file is
     handed to ``direct(path, stats_out)`` instead and yields no records (``_run`` passes it only
     when nothing would select among them). ``need``: the record keys the caller reads (archives
     then fetch only those).
@@ -210,8 +235,8 @@ def open_records(path: str, selection: Selection, stats: dict[str, Any],
     :raises SourceError: the input cannot be read, or fails part way (after its records).
     """
     keep = selection.keep
-    if path == "-":
-        records: Iterable[dict] = _stream_records(path)
+    if pipe_input.is_pipe(path):
+        records: Iterable[dict] = _pipe_records(path, stats, direct)
     elif os.path.isdir(path):
         records, keep = open_archive(path, selection, need), None
     else:
@@ -278,7 +303,7 @@ def read_options(fn: Callable) -> Callable:
     opts = [
         click.option("-r", "paths", multiple=True, metavar="PATH",
                      help="Input: archive file or directory, capture file, record stream file, "
-                          "or - (stdin). Repeatable; "
+                          "named pipe, or - (stdin: a capture or a record stream). Repeatable; "
                           "several may follow one -r. Default: stdin."),
         click.option("-s", "field_items", multiple=True, metavar="FIELD",
                      help="Fields to print (Argus -s: f1 f2 ..., +f adds, -f removes, f:width)."),
@@ -499,6 +524,7 @@ def cli() -> None:
 Example:
   flowtap ra -u -Z b -L0 -n -r capture.pcap -s stime proto saddr sport daddr dport spkts sappbytes dpkts dappbytes state - tcp
   flowtap ra -n -u -c , -r capture.pcap -s stime saddr daddr bytes - host 10.0.0.1 and not port 53
+  zcat capture.pcap.gz | flowtap ra -n -r - - udp
   FLOWTAP_TOKEN=... flowtap ra -n -S https://sensor --cacert sensor.pem - tcp and port 443""")
 @read_options
 def ra(**o: Any) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, capture, ipfix, service, sysinfo
+from . import __version__, capture, ipfix, pipe_input, service, sysinfo
 from . import config as config_mod
 from .archive import ArchiveWriter
 from .capture import Capture, CaptureError
@@ -161,20 +161,29 @@ class Recorder:
     _file_clock: float = 0.0
 
     def _record_file(self, path: str, writer: ArchiveWriter) -> str | None:
+        """Meter one capture file, ``-`` (stdin) or named pipe; returns its error, if any."""
+        with contextlib.ExitStack() as stack:
+            try:
+                source = stack.enter_context(pipe_input.capture_path(path))
+            except (OSError, pipe_input.NotACapture) as exc:
+                return f"{path}: {getattr(exc, 'strerror', None) or exc}"
+            return self._record_source(path, source, writer)
+
+    def _record_source(self, path: str, source: str, writer: ArchiveWriter) -> str | None:
         self.last_status_at = None
         self.last_status_stats = {}
         try:
-            cap = Capture.open_file(path, self.config.flows)
+            cap = Capture.open_file(source, self.config.flows)
         except CaptureError as exc:
-            return f"{path}: {exc}"
-        size = Path(path).stat().st_size
+            return f"{path}: {str(exc).removeprefix(f'{source}: ')}"    # libpcap names the file too
+        size = os.stat(source).st_size if source == path else 0      # a pipe has no size
         error = None
         with cap:
             while True:
                 try:
                     rc = cap.poll(until_us=self._next_boundary_us(writer))
                 except CaptureError as exc:
-                    error = f"{path}: {exc}"
+                    error = f"{path}: {str(exc).removeprefix(f'{source}: ')}"
                     break
                 now_us = cap.last_packet_us
                 self._emit(cap, now_us)

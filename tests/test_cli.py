@@ -110,8 +110,12 @@ def test_live_stream_usage_and_connection_errors(runner, args, token, code, text
     assert text.replace("{closed}", str(port)) in result.stderr and result.stdout == ""
 
 
-def test_stdin_must_be_a_record_stream(runner):
+def test_stdin_must_be_a_capture_or_a_record_stream(runner):
     result = run(runner, "ra", input="hello\n")
+    assert result.exit_code == 1
+    assert result.stderr == ("flowtap: -: neither a capture (pcap, pcapng) nor a flowtap record "
+                             "stream (write one with `-w -`)\n")
+    result = run(runner, "ra", input="")
     assert result.exit_code == 1
     assert result.stderr == "flowtap: -: not a flowtap record stream (write one with `-w -`)\n"
 

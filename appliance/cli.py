@@ -4,8 +4,8 @@ Argus habits are kept: ``-s f1 f2 f3`` (several values after one flag, also ``-m
 ``-nn``, ``-L0``, and a filter after a lone ``-`` (or ``--``). ``argus_argv`` rewrites such a
 command line into one click parses. Inputs (``-r``) are capture files (metered on the fly with the
 default configuration), flowtap record streams (``-w -`` writes one; ``-`` is stdin, which may
-also carry a capture: ``pipe_input.py``) and SQLite archives, files or directories, read through ``query.py`` (filter and ``-t`` in SQL; ``racluster
--m`` over archives only is a GROUP BY). ``-S URL`` instead attaches to a sensor's live record stream
+also carry a capture: ``pipe_input.py``) and SQLite archives, files or directories, read through
+``query.py`` (filter and ``-t`` in SQL; ``racluster -m`` over archives only is a GROUP BY). ``-S URL`` instead attaches to a sensor's live record stream
 (``stream_client.py``): the records its archive gets from now on, the filter applied on the sensor.
 
 Exit status: 0 success (also when nothing matched, unlike ra's 1; also a live stream ended with
@@ -227,9 +227,9 @@ def open_records(path: str, selection: Selection, stats: dict[str, Any],
     A file is sniffed: a record stream (``-w`` output), a SQLite archive or directory
     (``open_archive``), else a capture file metered with the default configuration (meter
     counters are added to ``stats``). ``-`` (stdin) and named pipes may hold a record stream or
-    a capture (``_pipe_records``). With ``direct``, a capture file is
-    handed to ``direct(path, stats_out)`` instead and yields no records (``_run`` passes it only
-    when nothing would select among them). ``need``: the record keys the caller reads (archives
+    a capture (``_pipe_records``). With ``direct``, a capture file is handed to
+    ``direct(path, stats_out)`` instead and yields no records (``_run`` passes it only when
+    nothing would select among them). ``need``: the record keys the caller reads (archives
     then fetch only those).
 
     :raises SourceError: the input cannot be read, or fails part way (after its records).

@@ -250,7 +250,7 @@ def clustering(directory: Path, arg: Path, repeat: int) -> dict:
 # --- report ------------------------------------------------------------------------------------
 
 def report(rec: dict, rec_d: dict, q: dict, cl: dict, n_set: int, size_set: int, repeat: int,
-           build_s: float) -> list[str]:
+           build_s: float | None) -> list[str]:
     def rate(n: int, case: common.Case) -> str:
         return f"{n / case.wall:,.0f}"
 
@@ -261,7 +261,8 @@ def report(rec: dict, rec_d: dict, q: dict, cl: dict, n_set: int, size_set: int,
         f"revision: {common.revision()}",
         f"- machine: {common.machine()}; load average at the end {' '.join(load)} (other jobs "
         "were running: compare ratios)",
-        f"- command: `.venv/bin/python bench/query_bench.py --repeat {repeat}`; each case "
+        f"- command: `.venv/bin/python bench/query_bench.py --repeat {repeat}"
+        f"{' --keep' if build_s is None else ''}`; each case "
         f"{repeat}×, best wall time, output to /dev/null", "",
         "### Recording: records/s and bytes per record", "",
         "| capture | command | wall (s) | records | records/s | file bytes | bytes/record |",
@@ -286,7 +287,8 @@ def report(rec: dict, rec_d: dict, q: dict, cl: dict, n_set: int, size_set: int,
              "are bound in C (native/store.c). A .arg record holds Argus's default DSRs.", "",
              "### ra -t over 10 M records", "",
              f"- set: {q['files']} hourly archives, {n_set:,} records, {size_set / 1e9:.2f} GB, "
-             f"built in {build_s:.0f} s by SQL from the bench-2m archive ({COPIES} copies per hour, "
+             + ("reused from an earlier run (`--keep`), " if build_s is None else f"built in {build_s:.0f} s ")
+             + f"by SQL from the bench-2m archive ({COPIES} copies per hour, "
              "times shifted, the first octet of IPv4 source addresses shifted per copy)",
              f"- query: `{q['cmd']}` ({q['matched']:,} records match; without -t "
              f"{q['matched_no_t']:,})", "",
@@ -339,11 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     rec = recording(BENCH_PCAP, "bench-2m", args.repeat)
     rec_d = recording(DISTINCT_PCAP, "distinct-1000k", 1)
     big = OUT / "set-10m"
-    t = time.perf_counter()
+    build_s = None                  # None: reused (--keep)
     if not (args.keep and archive.list_archives(big)):
         print("building the 10 M record set", flush=True)
+        t = time.perf_counter()
         build_set(rec["dir"], big)
-    build_s = time.perf_counter() - t
+        build_s = time.perf_counter() - t
     n_set, size_set = archive_records(big)
     q = queries(big, args.repeat)
     cl = clustering(rec_d["dir"], rec_d["arg"], args.repeat)

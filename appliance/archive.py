@@ -147,6 +147,29 @@ def _summarise(conn: sqlite3.Connection) -> dict[str, Any]:
             "drops": drops, "clock_synced": bool(synced) if synced is not None else None}
 
 
+def set_aside(path: Path) -> None:
+    """Close a damaged archive as it is: what its WAL holds is moved into the file where SQLite
+    still can, and it is made read-only (closed: never written again). Its indexes and summary
+    are not built; readers read around the damage (``query.scan``)."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        log.error("archive %s: its write-ahead log could not be moved into it (%s); %s-wal keeps "
+                  "those records", path.name, e, path.name)
+    try:
+        os.chmod(path, 0o444)
+    except OSError as e:
+        log.error("archive %s could not be made read-only: %s", path.name, e)
+    log.error("archive %s is damaged: closed as it is, read-only (flowtap ra reads around the "
+              "damage)", path.name)
+
+
 def close_archive(path: Path, state: str = "closed") -> None:
     """Checkpoint, leave WAL mode, build the host and port indexes, record the summary and make
     the file read-only.
@@ -301,7 +324,13 @@ class ArchiveWriter:
                     _unlink_archive(path)
                     log.warning("removed %s: a crash left it empty while it was being created", path.name)
                 elif state == "open":
-                    close_archive(path, state="recovered")
+                    try:
+                        close_archive(path, state="recovered")
+                    except sqlite3.DatabaseError as exc:
+                        if not is_damage(exc):
+                            raise
+                        set_aside(path)         # a damaged archive must not stop the recorder
+                        continue
                     log.warning("recovered archive %s left open by a crash", path.name)
                     recovered.append(path)
                 elif state in ("closed", "recovered"):
@@ -420,14 +449,22 @@ class ArchiveWriter:
         self.queued -= n
 
     def _write_failed(self, exc: Exception) -> None:
+        """A commit failed. A full disk or an I/O error: free space by retention. A damaged open
+        archive: set it aside, and the queued records go to a new one. Anything else (a lock, a
+        file made read-only): only wait, and delete nothing. In each case what is queued stays
+        queued (up to BUFFER_LIMIT) for the next commit."""
         self.write_errors += 1
         self.failing = True
         self.last_error = str(exc)
+        damaged = isinstance(exc, sqlite3.Error) and is_damage(exc)
         if is_disk_full(exc):
             log.error("disk full: cannot write archives in %s (%s); deleting the oldest archives "
                       "to make room and keeping %d records queued", self.dir, exc, self.queued)
-        else:
+        elif is_io_error(exc):
             log.error("archive write failed (%s); freeing space and keeping %d records queued",
+                      exc, self.queued)
+        elif not damaged:
+            log.error("archive write failed (%s); keeping %d records queued and trying again",
                       exc, self.queued)
         if self.current is not None:
             for rollback in (self.current.store.execute, self.current.conn.execute):
@@ -435,11 +472,23 @@ class ArchiveWriter:
                     rollback("ROLLBACK")
                 except sqlite3.Error:
                     pass            # no transaction was open on that connection
-        self.enforce_retention(emergency=True)
+        if damaged and self.current is not None:
+            self._set_aside(self.current, exc)
+        elif is_disk_full(exc) or is_io_error(exc):
+            self.enforce_retention(emergency=True)
         if self.queued > self.BUFFER_LIMIT:
             dropped = self._drop_oldest(self.queued - self.BUFFER_LIMIT)
             self.records_lost += dropped
             log.error("dropped %d records: the disk has refused writes for too long", dropped)
+
+    def _set_aside(self, cur: OpenArchive, exc: Exception) -> None:
+        """Stop writing a damaged open archive (``set_aside``); the next commit opens a new
+        archive for the same period."""
+        log.error("archive %s is damaged (%s): recording goes on in a new archive with the %d "
+                  "records queued", cur.path.name, exc, self.queued)
+        self.current = None
+        cur.close()
+        set_aside(cur.path)
 
     def _drop_oldest(self, n: int) -> int:
         """Forget the n oldest queued records (whole batches, the last one cut); returns n."""
@@ -615,6 +664,12 @@ def _size(p: Path) -> int:
     return total
 
 
+def is_io_error(exc: BaseException) -> bool:
+    """True for an I/O error from the disk (EIO; SQLite's "disk I/O error" carries the errno when
+    the OS gave one)."""
+    return getattr(exc, "errno", None) == errno.EIO or "disk I/O error" in str(exc)
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """True for SQLite's and the OS's ways of saying the disk is full (ArchiveStore's errors carry
     the OS errno behind SQLite's "disk I/O error")."""
@@ -635,8 +690,10 @@ def is_damage(e: sqlite3.Error) -> bool:
 
 
 def readonly_uri(path: Path) -> str:
-    """The SQLite URI that opens an archive read-only: closed archives as immutable."""
-    return f"file:{path.resolve()}?mode=ro{'&immutable=1' if is_closed(path) else ''}"
+    """The SQLite URI that opens an archive read-only: closed archives as immutable (but not one
+    set aside damaged with its WAL still beside it: the WAL holds records)."""
+    immutable = is_closed(path) and not Path(f"{path}-wal").exists()
+    return f"file:{path.resolve()}?mode=ro{'&immutable=1' if immutable else ''}"
 
 
 def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:

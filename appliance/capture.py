@@ -377,6 +377,7 @@ class ArchiveStore:
         if rc:
             exc = sqlite3.OperationalError(ffi.string(lib.sensor_store_error(self._h)).decode(errors="replace"))
             exc.errno = lib.sensor_store_system_errno(self._h)   # type: ignore[attr-defined]
+            exc.sqlite_errorcode = rc       # type: ignore[attr-defined]  as the sqlite3 module's errors
             raise exc
 
     def execute(self, sql: str) -> None:

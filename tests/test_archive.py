@@ -15,6 +15,7 @@ import pytest
 
 from appliance import archive, capture, config, query, recorder
 from appliance.archive import ArchiveWriter, FLOW_NAMES
+from conftest import damage_page
 
 CAPTURES = ["large/pcpp-example.pcap", "large/pcpp-many-protocols.pcap", "large/nfstream-tor.pcapng",
             "tcp/nfstream-dnp3-long.pcapng", "fragments/pcpp-ip4_fragments.pcap",
@@ -145,7 +146,7 @@ def test_rotation_closes_the_old_archive_on_a_thread_while_writing_goes_on(tmp_p
     w = ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
     w.add(recs, now=hour + 1)
     w.commit(hour + 1)
-    first = w.current.path
+    first, period = w.current.path, w.current.period
     conn = sqlite3.connect(first)                         # a busy hour: 2**11 times the records
     with conn:
         for _ in range(11):
@@ -230,10 +231,9 @@ def test_a_second_writer_of_a_directory_is_refused_and_the_first_archive_is_left
     assert len(archived_records(Path(cfg.archive.dir))) == len(recs)
 
 
-def test_recovery_closes_an_archive_left_open_by_a_crash(tmp_path, pcaps_dir):
-    cfg = make_config(tmp_path)
-    src = str(pcaps_dir / "large/pcpp-example.pcap")
-    # A writer that commits and is then killed: its archive stays in WAL mode, marked open.
+def crashed_archive(cfg: config.Config, src: str) -> tuple[Path, int]:
+    """A writer that commits and is then killed: its archive stays in WAL mode, marked open.
+    Returns the archive and how many records it committed."""
     script = textwrap.dedent(f"""
         import os, signal, dataclasses
         from appliance import archive, capture, config
@@ -249,9 +249,14 @@ def test_recovery_closes_an_archive_left_open_by_a_crash(tmp_path, pcaps_dir):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    written = int(proc.stdout)
     [path] = archive.list_archives(cfg.archive.dir)
     assert not archive.is_closed(path) and Path(f"{path}-wal").exists()
+    return path, int(proc.stdout)
+
+
+def test_recovery_closes_an_archive_left_open_by_a_crash(tmp_path, pcaps_dir):
+    cfg = make_config(tmp_path)
+    path, written = crashed_archive(cfg, str(pcaps_dir / "large/pcpp-example.pcap"))
     recovered = ArchiveWriter(cfg.archive, "test-sensor", "x", "d").recover()
     assert recovered == [path]
     assert archive.is_closed(path) and not Path(f"{path}-wal").exists()
@@ -259,6 +264,30 @@ def test_recovery_closes_an_archive_left_open_by_a_crash(tmp_path, pcaps_dir):
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert archive.read_info(conn)["state"] == "recovered"
         assert conn.execute("SELECT count(*) FROM flows").fetchone()[0] == written
+
+
+def test_recovery_sets_a_damaged_archive_aside_and_recording_starts(tmp_path, pcaps_dir, caplog):
+    """An archive left open by a crash whose flash page went bad: recovery cannot build its
+    indexes. It must not stop the recorder from starting: the archive is closed as it is."""
+    cfg = make_config(tmp_path, min_free_percent=0)
+    path, written = crashed_archive(cfg, str(pcaps_dir / "large/pcpp-example.pcap"))
+    conn = sqlite3.connect(path)                          # the WAL moved into the file, then damage
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    damage_page(path, "flows")
+
+    w = ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
+    assert w.recover() == []
+    assert archive.is_closed(path) and "is damaged" in caplog.text
+    recs = list(capture.meter_file(str(pcaps_dir / "basic/dpkt-http.pcap"), cfg))
+    w.add(recs, now=recs[-1]["ltime"])
+    w.close(recs[-1]["ltime"])
+    fresh = [p for p in archive.list_archives(cfg.archive.dir) if p != path]
+    assert len(fresh) == 1 and len(list(query.read_records(fresh[0]))) == len(recs)
+    kept = []
+    with pytest.raises(query.QueryError, match="damaged"):
+        kept.extend(query.read_records(path))
+    assert 0 < len(kept) < written
 
 
 def test_readers_open_closed_archives_read_only(tmp_path, pcaps_dir):
@@ -290,3 +319,50 @@ def test_sensor_status_rows_are_written(tmp_path, pcaps_dir):
     assert len(rows) >= 5
     assert all(b - a >= 60 for a, b in zip(times[:-2], times[1:-1]))
     assert sum(r[1] for r in rows) == 3859
+
+
+def test_a_damaged_open_archive_is_set_aside_and_recording_goes_on(tmp_path, pcaps_dir, caplog):
+    """A page of the open archive goes bad under the writer (flash does that). The writer must not
+    retry it forever, nor delete closed archives to "make room" (it used to: one per failed
+    commit): it sets the damaged one aside, read-only, and writes what is queued to a new archive
+    of the same period."""
+    cfg = make_config(tmp_path, min_free_percent=0, commit_interval=3600)
+    earlier = list(capture.meter_file(str(pcaps_dir / "large/pcpp-example.pcap"), cfg))
+    w = ArchiveWriter(cfg.archive, cfg.sensor.id, "x", "d")
+    w.add(earlier, now=max(r["ltime"] for r in earlier))
+    w.close()
+    (closed,) = archive.list_archives(tmp_path / "archive")
+    closed_bytes = closed.read_bytes()
+    raw = list(capture.meter_file_raw(str(pcaps_dir / "large/pcpp-many-protocols.pcap"), cfg.flows))
+    batches = [b"".join(capture.RECORD.pack(*r) for r in raw[i:i + 100]) for i in range(0, len(raw), 100)]
+    now = raw[-1][2] / 1e6
+    w = ArchiveWriter(cfg.archive, cfg.sensor.id, "x", "d")
+    w.add_packed(batches[0], now)
+    w.commit(now)
+    first, period = w.current.path, w.current.period
+    conn = sqlite3.connect(first)                        # a reader moves the WAL into the file
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    damage_page(first, "flows", which=-1)                # where the next rows would go
+
+    for batch in batches[1:]:
+        w.add_packed(batch, now)
+    w.commit(now)                                        # fails: the archive is damaged
+    assert w.current is None and w.queued == len(raw) - 100
+    assert archive.is_closed(first)
+    w.commit(now)                                        # the queued records, in a new archive
+    second = w.current.path
+    assert second != first and second.name.endswith("-1.sqlite") and w.current.period == period
+    w.close(now)
+    assert not Path(f"{first}-wal").exists()             # its WAL went into it
+
+    assert "is damaged" in caplog.text
+    assert closed.read_bytes() == closed_bytes           # nothing was deleted to "make room"
+    assert [r["seq"] for r in query.read_records(second)] == [r[0] for r in raw[100:]]
+    with archive.open_readonly(second) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    kept = []
+    with pytest.raises(query.QueryError, match="damaged"):
+        for r in query.read_records(first):
+            kept.append(r["seq"])
+    assert set(kept) < {r[0] for r in raw[:100]} and len(kept) > 50

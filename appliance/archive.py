@@ -157,6 +157,10 @@ def set_aside(path: Path) -> None:
             conn.execute("PRAGMA busy_timeout = 5000")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.execute("PRAGMA journal_mode = DELETE")
+            try:                        # where archive_info's page is sound: say so there too
+                _set_info(conn, state="damaged", closed_at=time.time())
+            except sqlite3.Error as e:
+                log.warning("archive %s: archive_info not updated (%s)", path.name, e)
         finally:
             conn.close()
     except sqlite3.Error as e:

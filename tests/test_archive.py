@@ -279,6 +279,8 @@ def test_recovery_sets_a_damaged_archive_aside_and_recording_starts(tmp_path, pc
     w = ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
     assert w.recover() == []
     assert archive.is_closed(path) and "is damaged" in caplog.text
+    with archive.open_readonly(path) as conn:
+        assert archive.read_info(conn)["state"] == "damaged"
     recs = list(capture.meter_file(str(pcaps_dir / "basic/dpkt-http.pcap"), cfg))
     w.add(recs, now=recs[-1]["ltime"])
     w.close(recs[-1]["ltime"])
@@ -355,6 +357,8 @@ def test_a_damaged_open_archive_is_set_aside_and_recording_goes_on(tmp_path, pca
     assert second != first and second.name.endswith("-1.sqlite") and w.current.period == period
     w.close(now)
     assert not Path(f"{first}-wal").exists()             # its WAL went into it
+    with archive.open_readonly(first) as conn:
+        assert archive.read_info(conn)["state"] == "damaged"
 
     assert "is damaged" in caplog.text
     assert closed.read_bytes() == closed_bytes           # nothing was deleted to "make room"

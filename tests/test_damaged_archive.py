@@ -81,13 +81,15 @@ def test_a_filter_reports_only_what_could_not_be_read(good, tmp_path):
     a, b = lost_range(r.stderr)
     lost = everything[a - 1:b]
 
+    shorter = 0
     for expr in ("tcp", "udp", "not tcp"):
         want, _ = records("-r", good, "-", expr)
         got, r = records("-r", bad, "-", expr)
         assert r.returncode == 1
-        assert lost_range(r.stderr) == (a, b)
+        assert lost_range(r.stderr) == (a, b)       # the same rows, whatever the filter keeps
         assert got == [x for x in want if x not in lost]
-        assert len(got) < len(want) or not any(x in want for x in lost)
+        shorter += len(got) < len(want)
+    assert shorter                                  # some filter did lose matching records
 
 
 def test_a_damaged_archive_does_not_hide_the_rest_of_a_directory(good, pcaps_dir, tmp_path):
@@ -104,9 +106,8 @@ def test_a_damaged_archive_does_not_hide_the_rest_of_a_directory(good, pcaps_dir
 
     assert r.returncode == 1
     assert r.stderr.startswith(f"flowtap: {directory}: {bad.name}: damaged: ")
-    first, second = sorted([bad, directory / other_file.name], key=lambda p: p.name)
-    want = (damaged_alone + alone) if first == bad else (alone + damaged_alone)
-    assert got == want and alone
+    want = damaged_alone + alone if bad.name < other_file.name else alone + damaged_alone
+    assert got == want and alone                    # files in name order, both read
 
 
 def test_racluster_and_rasort_merge_what_could_be_read(good, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sqlite3
@@ -370,3 +371,27 @@ def test_a_damaged_open_archive_is_set_aside_and_recording_goes_on(tmp_path, pca
         for r in query.read_records(first):
             kept.append(r["seq"])
     assert set(kept) < {r[0] for r in raw[:100]} and len(kept) > 50
+
+
+def test_sqlite_utils_reads_a_closed_archive_and_leaves_it_alone(tmp_path, pcaps_dir):
+    """Archives describe themselves: the sqlite-utils CLI installed with flowtap lists, reads and
+    exports one without flowtap, and the closed archive stays byte-identical."""
+    cfg = make_config(tmp_path, min_free_percent=0)
+    assert recorder.Recorder(cfg).record_files([str(pcaps_dir / "large/pcpp-example.pcap")]) == []
+    (path,) = archive.list_archives(cfg.archive.dir)
+    before = path.read_bytes()
+    tool = str(Path(sys.executable).with_name("sqlite-utils"))
+
+    def run(*args: str) -> str:
+        done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    counts = {t["table"]: t["count"] for t in json.loads(run("tables", str(path), "--counts"))}
+    info = {r["key"]: json.loads(r["value"]) for r in json.loads(run("rows", str(path), "archive_info"))}
+    assert counts["flows"] == info["records"] == 136 and info["state"] == "closed"
+    rows = run("query", str(path), "SELECT saddr, daddr, sbytes + dbytes AS bytes FROM flows "
+               "ORDER BY rowid", "--csv").splitlines()
+    want = [f"{r['saddr']},{r['daddr']},{r['bytes']}" for r in query.read_records(path)]
+    assert rows == ["saddr,daddr,bytes", *want]
+    assert path.read_bytes() == before and archive.is_closed(path)

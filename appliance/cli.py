@@ -198,26 +198,19 @@ def _pipe_records(path: str, stats: dict[str, Any], direct: Direct | None) -> It
     """The records of stdin (``-``) or a named pipe, read once (``pipe_input``): a record stream,
     or a capture metered as a file is (``tcpdump -w - | flowtap ra -r -``)."""
     try:
-        src = pipe_input.open_input(path)
+        with pipe_input.sniffed(path) as (head, src):
+            if head.startswith(SQLITE_MAGIC[:6]):
+                raise SourceError("an archive cannot be read from a pipe: name the file")
+            if not pipe_input.is_capture(head):
+                if head and not head.startswith(b'{"flowtap"'):
+                    raise SourceError("neither a capture (pcap, pcapng) nor a flowtap record "
+                                      "stream (write one with `-w -`)")
+                yield from _output.read_stream(pipe_input.text(head, src), path)
+                return
+            with pipe_input.relay(head, src) as relayed:
+                yield from _capture_records(relayed, stats, direct)
     except OSError as e:
         raise SourceError(e.strerror or str(e)) from None
-    try:
-        head = pipe_input.sniff(src)
-        if head.startswith(SQLITE_MAGIC[:6]):
-            raise SourceError("an archive cannot be read from a pipe: name the file")
-        if not pipe_input.is_capture(head):
-            if head and not head.startswith(b'{"flowtap"'):
-                raise SourceError("neither a capture (pcap, pcapng) nor a flowtap record stream "
-                                  "(write one with `-w -`)")
-            yield from _output.read_stream(pipe_input.text(head, src), path)
-            return
-        with pipe_input.relay(head, src) as relayed:
-            yield from _capture_records(relayed, stats, direct)
-    except OSError as e:
-        raise SourceError(e.strerror or str(e)) from None
-    finally:
-        if src is not sys.stdin.buffer:
-            src.close()          # stdin's descriptor stays open (closefd=False)
 
 
 def open_records(path: str, selection: Selection, stats: dict[str, Any],

@@ -7,8 +7,8 @@ of the rest: as a text stream for a record stream (``text``), or through a pipe 
 libpcap opens by name for a capture (``relay``), so that
 ``tcpdump -w - | flowtap ra -r -`` meters exactly as ``flowtap ra -r FILE`` does.
 
-The input is a binary file object (``open_input``): unbuffered over a descriptor, or anything
-with ``read`` (click's test runner gives stdin as one).
+The input is a binary file object (``sniffed``): unbuffered over a descriptor, or anything with
+``read`` (click's test runner gives stdin as one).
 
 Example::
 
@@ -118,10 +118,15 @@ def relay(head: bytes, src: BinaryIO) -> Iterator[str]:
 def _move(src: BinaryIO, dst: int) -> int:
     """Move up to 1 MiB from ``src`` to the pipe ``dst``; 0 at end of input."""
     try:
-        return os.splice(src.fileno(), dst, 1 << 20)
-    except (OSError, io.UnsupportedOperation, AttributeError) as e:
-        if isinstance(e, OSError) and e.errno not in (errno.EINVAL, errno.ENOSYS):
-            raise                    # EINVAL/ENOSYS: this input cannot be spliced (a tty, ...)
+        fd = src.fileno()
+    except (io.UnsupportedOperation, AttributeError):
+        fd = -1                      # no descriptor (click's test runner): copied below
+    if fd >= 0:
+        try:
+            return os.splice(fd, dst, 1 << 20)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise                # EINVAL/ENOSYS: this input cannot be spliced (a tty, ...)
     data = src.read(1 << 16) or b""
     view = memoryview(data)
     while view:
@@ -133,15 +138,26 @@ class NotACapture(ValueError):
     """What came through a pipe is not a capture file (its first bytes say so)."""
 
 
-def open_input(path: str) -> BinaryIO:
-    """``path`` (a named pipe) or stdin (``-``), unbuffered: what ``sniff`` does not take stays
-    in the descriptor. Stdin that has no descriptor (click's test runner) is used as it is."""
+@contextlib.contextmanager
+def sniffed(path: str) -> Iterator[tuple[bytes, BinaryIO]]:
+    """``path`` (a named pipe) or stdin (``-``) opened once, unbuffered, with its first bytes
+    (``sniff``): what they do not take stays in the descriptor. Stdin that has no descriptor
+    (click's test runner) is used as it is; stdin's descriptor stays open afterwards.
+
+    :raises OSError: the pipe cannot be opened.
+    """
     if path != "-":
-        return open(path, "rb", buffering=0)
+        src: BinaryIO = open(path, "rb", buffering=0)
+    else:
+        try:
+            src = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+        except (OSError, ValueError):
+            src = sys.stdin.buffer
     try:
-        return open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return sys.stdin.buffer
+        yield sniff(src), src
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
 
 
 @contextlib.contextmanager
@@ -154,8 +170,7 @@ def capture_path(path: str) -> Iterator[str]:
     if not is_pipe(path):
         yield path
         return
-    with contextlib.closing(open_input(path)) as src:
-        head = sniff(src)
+    with sniffed(path) as (head, src):
         if not is_capture(head):
             raise NotACapture("not a capture (pcap or pcapng)" if head else "no input")
         with relay(head, src) as relayed:

@@ -47,7 +47,8 @@ static void fill_row(sensor_store_t *st, const sensor_flow_t *r);
 
 /* A whole batch goes in with one statement, INSERT ... SELECT from the virtual table ft_batch
  * (its rows are the batch's records): SQLite then keeps its cursors open from row to row, where
- * one INSERT per record paid the statement's set-up each time, about 2/3 of the insert cost. */
+ * one INSERT per record paid the statement's set-up each time (a third of the insert time on 1 M
+ * distinct sessions, bench/query_bench.py). */
 static const char INSERT_SQL[] = "INSERT INTO flows (" FLOW_COLUMNS ") SELECT " FLOW_COLUMNS " FROM ft_batch";
 static const char INFO_SQL[] = "INSERT OR REPLACE INTO archive_info (key, value) VALUES (?1, ?2)";
 

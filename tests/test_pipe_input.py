@@ -126,3 +126,15 @@ def test_record_from_stdin_archives_what_the_file_gives(pcaps_dir, tmp_path):
     bad = flowtap("record", "-q", "-r", "-", "-d", tmp_path / "bad", input=b"hello\n" * 10)
     assert bad.returncode == 1
     assert bad.stderr.endswith(b"flowtap: -: not a capture (pcap or pcapng)\n")
+
+
+def test_a_capture_on_stdin_without_a_descriptor(runner, pcaps_dir):
+    """click's test runner gives stdin as an object with no descriptor: the relay copies it
+    (there is nothing to splice), and the records are still the file's."""
+    from appliance.cli import cli
+    path = pcaps_dir / "basic/tcpreplay-test.pcap"
+    want = runner.invoke(cli, ["ra", "-r", str(path), *CSV])
+    got = runner.invoke(cli, ["ra", "-r", "-", *CSV], input=path.read_bytes())
+    assert want.exit_code == 0 and want.stdout.count("\n") > 10
+    assert got.exit_code == 0, got.stderr
+    assert got.stdout == want.stdout

@@ -614,7 +614,8 @@ class ArchiveWriter:
         fs = shutil.disk_usage(self.dir)
         if cfg.min_free_percent and fs.free * 100.0 < cfg.min_free_percent * fs.total:
             return True
-        if cfg.quota_bytes and sum(_size(p) for p in list_archives(self.dir)) > cfg.quota_bytes:
+        if cfg.quota_bytes and (sum(_size(p) for p in list_archives(self.dir))
+                                + _alert_bytes(self.dir)) > cfg.quota_bytes:
             return True
         return False
 
@@ -645,7 +646,21 @@ class ArchiveWriter:
                 self.unclosed.remove(path)
             removed.append(path)
             log.info("retention deleted %s", path.name)
+        if removed:
+            self._prune_alerts()
         return removed
+
+    def _prune_alerts(self) -> None:
+        """Alerts go with the last archive of their hour (``alerts.prune``)."""
+        from . import alerts
+
+        left = list_archives(self.dir)
+        m = NAME_RE.match(left[0].name) if left else None
+        if m is None:
+            return
+        oldest = datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        for path in alerts.prune(self.dir, oldest.timestamp()):
+            log.info("retention deleted %s", path.name)
 
     def _short_of_room(self, busy: set[Path]) -> bool:
         need = sum(_size(p) for p in busy | set(self.unclosed))
@@ -656,6 +671,13 @@ def _unlink_archive(path: Path) -> None:
     """Delete an archive with its WAL, shared-memory index and rollback journal."""
     for extra in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         extra.unlink(missing_ok=True)
+
+
+def _alert_bytes(directory: Path) -> int:
+    """Bytes of the alert files beside the archives (they count against the quota too)."""
+    from . import alerts
+
+    return sum(_size(p) for p in alerts.alert_files(directory))
 
 
 def _size(p: Path) -> int:

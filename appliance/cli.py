@@ -20,6 +20,7 @@ import dataclasses
 import gc
 import itertools
 import os
+from pathlib import Path
 import sys
 from typing import Any, Callable, Iterable, Iterator
 
@@ -133,6 +134,31 @@ class Selection:
                 _fail(f"-t {time_range!r}: {e.message} (column {e.position})", 2)
             ast = span if ast is None else _filter.And(span, ast)
         return cls(ast, _filter.compile_predicate(ast))
+
+
+def _around(spec: str, paths: tuple[str, ...], selection: Selection) -> Selection:
+    """``--around ALERT_ID[:SECONDS]``: the selection narrowed to both hosts of that alert, within
+    SECONDS of it; the alert is looked up in the alert stores beside the -r archives."""
+    from . import alerts, filter as _filter
+
+    alert_id, _, secs = spec.partition(":")
+    try:
+        seconds = float(secs) if secs else 900.0
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 366 * 86400:
+        _fail(f"--around {spec!r}: SECONDS must be a number from 0 to a year", 2)
+    found = None
+    for p in paths:
+        d = Path(p) if os.path.isdir(p) else Path(p).parent
+        found = alerts.find(d, alert_id.lower())
+        if found is not None:
+            break
+    if found is None:
+        _fail(f"--around: no alert {alert_id!r} beside {' '.join(paths) or '(no -r archive)'}", 2)
+    ast = alerts.around_ast(found, seconds)
+    ast = ast if selection.ast is None else _filter.And(ast, selection.ast)
+    return Selection(ast, _filter.compile_predicate(ast))
 
 
 def _fail(message: str, code: int) -> None:
@@ -329,6 +355,9 @@ def read_options(fn: Callable) -> Callable:
         click.option("--cacert", metavar="FILE",
                      help="With -S: trust this certificate (the sensor's own, PEM) instead of "
                           "the system's CAs."),
+        click.option("--around", metavar="ALERT_ID[:SECONDS]",
+                     help="Every session of either host of this imported alert within SECONDS "
+                          "(default 900) of it (`flowtap alerts` lists the ids)."),
         click.argument("filter_words", nargs=-1, metavar="[- FILTER...]"),
     ]
     for opt in reversed(opts):
@@ -389,6 +418,10 @@ def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], 
         raise click.UsageError("-S (a sensor's live stream) and -r (files) cannot be combined")
     # A live stream's filter and -t range are the sensor's to apply.
     selection = Selection() if live else Selection.build(o["filter_words"], o["time_range"])
+    if o["around"]:
+        if live:
+            raise click.UsageError("--around reads archives (-r), not a live stream (-S)")
+        selection = _around(o["around"], o["paths"], selection)
     stats: dict[str, Any] = {}
     errors: list[str] = []
     # Nothing selects among the records of a capture file: count them or print them in C.
@@ -783,6 +816,10 @@ def web(config_path: str | None, listen: str | None, data_dir: str | None, runti
                    channel_request_lookahead=1, trusted_proxy="127.0.0.1", trusted_proxy_count=1,
                    trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
                    clear_untrusted_proxy_headers=True)
+
+
+from .alerts_cli import alerts as _alerts_group  # noqa: E402 - the command group joins cli
+cli.add_command(_alerts_group)
 
 
 def _logging(verbose: bool) -> None:

@@ -182,6 +182,8 @@ def cluster_text(out: IO[str], paths: Sequence[str], keys: Sequence[Any], ast: A
             delimiter=(" " if delimiter is None else delimiter).encode(encoding))
         label = TextWriter(out, fields, opts, delimiter, label_every).label_line.encode(
             encoding, out.errors or "strict")
+        if query.uses_alerts(ast):
+            return False              # the alert links live in the reading connection (SQL)
         files = [f for p in paths for f in query.archive_files(p)]
         c = capture.ArchiveCluster([(k.key, k.prefix) for k in keys], columns, norep)
     except (capture.ClusterDeclined, query.QueryError, ValueError, UnicodeError, OSError):

@@ -127,6 +127,17 @@ class HasFlag:
     start: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Linked:
+    """Some imported IDS alert links to the record (``alert``), with this signature (``sid N``,
+    ``gid N``). Over archives it reads ``temp.ft_linked``, which ``query.plan_file`` fills from the
+    alert store beside the archive (``alerts.linked_rowids``); said of an alert, it tests the
+    alert's own sid/gid."""
+
+    sid: int | None = None
+    gid: int | None = None
+
+
 OPS = {"eq": "==", "ne": "!=", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 _OP_WORDS = {
     "eq": "eq", "=": "eq", "==": "eq", "ne": "ne", "!=": "ne", "gt": "gt", ">": "gt",
@@ -201,7 +212,8 @@ _METRICS = {
 }
 _KEYWORDS = (set(_PROTO_WORDS) | set(_FAMILY_WORDS) | set(_DIRS) | _TYPES | set(_TCP_FLAGS)
              | set(_STATES) | set(_METRICS) | {"and", "or", "not", "synack", "ecn", "timeout",
-                                                 "man", "state", "cause", "srcid", "ether", "frag"})
+                                                 "man", "state", "cause", "srcid", "ether", "frag",
+                                                 "alert", "sid", "gid"})
 
 
 MAX_DEPTH = 100          # parentheses and nots: deeper filters are refused, not recursed into
@@ -284,6 +296,8 @@ class _Parser:
             return self.host("sd", tok, None)
         if word == "ether":
             return self.ether()
+        if word in ("alert", "sid", "gid"):
+            return self.linked(word)
         if word in _PROTO_WORDS or word in _FAMILY_WORDS:
             self.i += 1
             proto = self.proto_node(word)
@@ -444,6 +458,16 @@ class _Parser:
         if value is None:
             raise FilterError(f"expected a number, got {num_tok.text!r}", num_tok.pos)
         return join([Compare(k, op, value) for k in keys])
+
+    def linked(self, word: str) -> Any:
+        self.i += 1
+        if word == "alert":
+            return Linked()
+        tok = self.next(f"a {word} number")
+        value = _number(tok.text)
+        if not isinstance(value, int) or not 0 <= value < 1 << 32:
+            raise FilterError(f"expected a {word} number, got {tok.text!r}", tok.pos)
+        return Linked(**{word: value})
 
     def ether(self) -> Any:
         self.i += 1
@@ -610,6 +634,8 @@ def _py(node: Any, consts: list[Any]) -> str:
                 f" and _family(r['saddr']) == {int(node.version)})")
     if isinstance(node, HasFlag):
         return f"({const(node.letter)} in (r[{node.key!r}] or '')[{int(node.start)}:])"
+    if isinstance(node, Linked):
+        return f"_linked(r, {const(node.sid)}, {const(node.gid)})"
     raise TypeError(f"not a filter node: {node!r}")
 
 
@@ -624,10 +650,17 @@ def _check_keys(node: Any) -> None:
         raise ValueError(f"column {node.key!r} is not in the field whitelist")
 
 
-def compile_predicate(ast: Any) -> Callable[[dict], bool]:
+def _no_links(r: dict, sid: int | None, gid: int | None) -> bool:
+    return False
+
+
+def compile_predicate(ast: Any, linked: Callable[[dict, int | None, int | None], bool] = _no_links
+                      ) -> Callable[[dict], bool]:
     """Compile an AST into a fast ``record -> bool`` (None compiles to "always true").
 
     The AST becomes one Python expression; constants are bound by name, never pasted as text.
+    ``linked(r, sid, gid)`` decides ``alert``/``sid N``/``gid N`` (default: false: records read
+    from captures and streams have no alert store; archives decide them in SQL).
     """
     if ast is None:
         return lambda r: True
@@ -635,7 +668,8 @@ def compile_predicate(ast: Any) -> Callable[[dict], bool]:
     consts: list[Any] = []
     body = _py(ast, consts)
     env = {f"_c{i}": v for i, v in enumerate(consts)}
-    env.update(__builtins__={"bool": bool}, _in_net=in_net, _family=_fields.address_family)
+    env.update(__builtins__={"bool": bool}, _in_net=in_net, _family=_fields.address_family,
+               _linked=linked)
     return eval(f"lambda r: bool({body})", env)  # noqa: S307 - text built from the AST only
 
 
@@ -665,6 +699,10 @@ def _sql(node: Any, params: list[Any]) -> str:
     if isinstance(node, HasFlag):
         params.append(node.letter)
         return f"(instr(substr(IFNULL({node.key}, ''), {int(node.start) + 1}), ?) > 0)"
+    if isinstance(node, Linked):
+        test = [f"{k} = ?" for k in ("sid", "gid") if getattr(node, k) is not None]
+        params.extend(v for v in (node.sid, node.gid) if v is not None)
+        return f"(rid IN (SELECT rid FROM temp.ft_linked{' WHERE ' + ' AND '.join(test) if test else ''}))"
     raise TypeError(f"not a filter node: {node!r}")
 
 

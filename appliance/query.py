@@ -201,6 +201,15 @@ class TimeBounds:
                 or self.stime_lo > last_ltime or self.ltime_lo > last_ltime)
 
 
+def uses_alerts(ast: Any) -> bool:
+    """True if the filter names alerts (``alert``, ``sid N``, ``gid N``)."""
+    if isinstance(ast, (_filter.And, _filter.Or)):
+        return uses_alerts(ast.left) or uses_alerts(ast.right)
+    if isinstance(ast, _filter.Not):
+        return uses_alerts(ast.expr)
+    return isinstance(ast, _filter.Linked)
+
+
 def _conjuncts(ast: Any) -> Iterator[Any]:
     if isinstance(ast, _filter.And):
         yield from _conjuncts(ast.left)
@@ -209,7 +218,7 @@ def _conjuncts(ast: Any) -> Iterator[Any]:
         yield ast
 
 
-def _max_dur(conn: sqlite3.Connection, path: Path, info: dict[str, Any]) -> float:
+def max_dur(conn: sqlite3.Connection, path: Path, info: dict[str, Any]) -> float:
     """The longest record of an archive: ``archive_info.max_dur`` if recorded, else measured once
     per process for a closed (unchanging) file."""
     if isinstance(info.get("max_dur"), (int, float)):
@@ -230,7 +239,7 @@ def stime_range(conn: sqlite3.Connection, path: Path, bounds: TimeBounds,
     lo, hi = bounds.stime_lo, min(bounds.stime_hi, bounds.ltime_hi)
     first = info.get("first_stime")
     if bounds.ltime_lo > lo and (first is None or bounds.ltime_lo > first):
-        lo = max(lo, bounds.ltime_lo - _max_dur(conn, path, info) - DUR_SLACK)
+        lo = max(lo, bounds.ltime_lo - max_dur(conn, path, info) - DUR_SLACK)
     return lo, hi
 
 
@@ -274,6 +283,12 @@ def plan_file(path: Path, ast: Any, deadline: float | None = None) -> FileQuery:
             return FileQuery(path, conn, None)
         if first is not None and last is not None and bounds.misses(first, last):
             return FileQuery(path, conn, None)
+        if uses_alerts(ast):
+            from . import alerts      # the alert store beside the archive: `alert`, `sid N`
+            alerts.linked_rowids(path.parent, conn, path,
+                                 first if first is not None else -math.inf,
+                                 math.inf if last is None or info.get("state") == "open" else last,
+                                 max_dur(conn, path, info) + DUR_SLACK)
         return FileQuery(path, conn, where_clause(ast, *stime_range(conn, path, bounds, info)))
     except sqlite3.Error as e:
         conn.close()

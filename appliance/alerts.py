@@ -1,0 +1,726 @@
+"""IDS alerts kept beside the archives, and linked to sessions when asked.
+
+Storage: one SQLite file per UTC hour of alert time, ``alerts-YYYYMMDDTHH0000Z.sqlite``, in the
+archive directory beside ``flows-*.sqlite``. A sibling file rather than a table in the archive,
+because alerts arrive late (a day's log imported the next morning) and closed archives are never
+written again; and because the recorder is the archive's only writer. Each holds ``alerts`` (the
+id, a 64-bit hash of the format and line, is the rowid: importing the same line twice stores it
+once) and ``alert_info`` (schema version, the hour it covers). Rollback journal, so readers open it
+``mode=ro`` from a read-only mount. Retention deletes an hour's alerts with the last archive that
+overlaps it (``prune``, called by the archive writer).
+
+Linking happens at query time, so an alert imported before its session's record was written links
+once the record is there. A record links to an alert when (``LINK_RULE``, one SQL rule for every
+direction): same protocol; same endpoints in either orientation (with ports for TCP, UDP and
+SCTP; ICMP by addresses); the alert's time within [stime - 30 s, ltime + 30 s] of the record; and
+the Community IDs equal when the alert carries one. Then every record of the same session links
+too: a long session's Status records chain to its final record (``_chain``), so an alert on the
+tenth minute of an hour-long transfer links all of its records (Arkime's rule, per session, is the
+same window around the session's first and last packet).
+
+Example::
+
+    result = import_alerts("/var/lib/flowtap/archive", alert_formats.read(open("eve.json", "rb")))
+    for a in list_alerts("/var/lib/flowtap/archive", lo=t0, hi=t1):
+        print(a["msg"], len(sessions_of("/var/lib/flowtap/archive", a)))
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import archive as _archive
+from . import filter as _filter
+from . import query
+from .alert_types import PORT_PROTOS, Alert
+
+SCHEMA_VERSION = 1
+NAME_RE = re.compile(r"^alerts-(\d{8}T\d{2})0000Z\.sqlite$")
+HOUR = 3600
+WINDOW = 30.0                 # seconds around a record within which an alert's time links (Arkime's)
+BATCH = 20_000                # alerts per transaction on import
+BUSY_TIMEOUT = 10.0           # seconds an importer waits for another (the follower, a second import)
+
+ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "INTEGER PRIMARY KEY"), ("time", "REAL NOT NULL"), ("gid", "INTEGER"), ("sid", "INTEGER"),
+    ("rev", "INTEGER"), ("msg", "TEXT"), ("priority", "INTEGER"), ("classification", "TEXT"),
+    ("proto", "INTEGER"), ("saddr", "TEXT"), ("sport", "INTEGER"), ("daddr", "TEXT"),
+    ("dport", "INTEGER"), ("community_id", "TEXT"), ("flow_id", "INTEGER"), ("app_proto", "TEXT"),
+    ("action", "TEXT"), ("format", "TEXT"), ("imported_at", "REAL"),
+)
+ALERT_NAMES = tuple(n for n, _ in ALERT_COLUMNS)
+ALERT_INDEXES = (("alerts_time", "alerts(time)"), ("alerts_saddr", "alerts(saddr, time)"),
+                 ("alerts_daddr", "alerts(daddr, time)"), ("alerts_sid", "alerts(sid, time)"))
+
+# The link rule between an alert ``a`` and a session record ``f``: the only place it is written.
+# ``reach`` widens the time window, to find the records of a long session around an alert.
+_PORTS = ", ".join(str(p) for p in PORT_PROTOS)
+
+
+def link_rule(reach: float = 0.0) -> str:
+    w = WINDOW + reach
+    return f"""f.proto = a.proto
+    AND f.stime <= a.time + {w} AND f.ltime >= a.time - {w}
+    AND ((f.saddr = a.saddr AND f.daddr = a.daddr
+          AND (a.proto NOT IN ({_PORTS}) OR a.sport IS NULL
+               OR (f.sport = a.sport AND f.dport = a.dport)))
+      OR (f.saddr = a.daddr AND f.daddr = a.saddr
+          AND (a.proto NOT IN ({_PORTS}) OR a.sport IS NULL
+               OR (f.sport = a.dport AND f.dport = a.sport))))
+    AND (a.community_id IS NULL OR a.community_id = f.community_id)"""
+
+
+LINK_RULE = link_rule()
+# How far from an alert the ``alert`` filter looks for the records of its session in other
+# archives: a session's Status records further away than this link in ``sessions_of`` only.
+SESSION_REACH = 2 * HOUR
+
+
+class AlertStoreError(Exception):
+    """The alert store cannot be read or written; the message says which file and why."""
+
+
+@dataclasses.dataclass
+class ImportResult:
+    read: int = 0
+    imported: int = 0
+    duplicates: int = 0
+    linked: int = 0
+    unlinked: int = 0
+
+
+# --- files --------------------------------------------------------------------------------------
+
+def store_dir(path: str | os.PathLike[str]) -> Path:
+    """The archive directory of ``path``: itself, or its ``archive/`` (a data directory)."""
+    p = Path(path)
+    if not _archive.list_archives(p) and (p / "archive").is_dir():
+        return p / "archive"
+    return p
+
+
+def file_name(t: float) -> str:
+    return datetime.fromtimestamp(hour_of(t), timezone.utc).strftime("alerts-%Y%m%dT%H0000Z.sqlite")
+
+
+def hour_of(t: float) -> float:
+    return math.floor(t / HOUR) * HOUR
+
+
+def alert_files(directory: Path, lo: float = -math.inf, hi: float = math.inf) -> list[Path]:
+    """The hour files of ``directory`` that may hold alerts timed in [lo, hi], oldest first."""
+    out = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        m = NAME_RE.match(name)
+        if not m:
+            continue
+        start = datetime.strptime(m.group(1), "%Y%m%dT%H").replace(tzinfo=timezone.utc).timestamp()
+        if start + HOUR > lo and start <= hi:
+            path = directory / name
+            if not path.is_symlink() and path.is_file():     # a planted link is never followed
+                out.append(path)
+    return out
+
+
+def _open_write(path: Path) -> sqlite3.Connection:
+    new = not path.exists()
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    if new or not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'alerts'").fetchone():
+        conn.execute("BEGIN IMMEDIATE")
+        cols = ", ".join(f"{n} {t}" for n, t in ALERT_COLUMNS)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS alerts ({cols})")
+        for name, on in ALERT_INDEXES:
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {on}")
+        conn.execute("CREATE TABLE IF NOT EXISTS alert_info (key TEXT PRIMARY KEY, value)")
+        m = NAME_RE.match(path.name)
+        conn.executemany("INSERT OR IGNORE INTO alert_info VALUES (?, ?)", [
+            ("schema_version", SCHEMA_VERSION), ("hour", m.group(1) if m else None),
+            ("what", "IDS alerts imported by flowtap (flowtap alerts import / follow)")])
+        conn.execute("COMMIT")
+        _give_to_directory_owner(path)
+    return conn
+
+
+def _give_to_directory_owner(path: Path) -> None:
+    """Root importing by hand makes files the follower and the recorder (user flowtap) must still
+    write and delete: give them to the directory's owner."""
+    if os.geteuid() != 0:
+        return
+    st = path.parent.stat()
+    for p in (path, Path(f"{path}-journal")):
+        try:
+            os.chown(p, st.st_uid, st.st_gid)
+        except FileNotFoundError:
+            pass
+
+
+def open_readonly(path: Path, deadline: float | None = None) -> sqlite3.Connection:
+    """An hour file opened read-only (never created).
+
+    :raises AlertStoreError: unreadable or not an alert file.
+    """
+    try:
+        conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        conn.execute("SELECT 1 FROM alerts LIMIT 1")
+    except sqlite3.Error as e:
+        raise AlertStoreError(f"{path.name}: cannot read alerts ({e})") from None
+    if deadline is not None:
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, query.PROGRESS_STEPS)
+    return conn
+
+
+# --- import -------------------------------------------------------------------------------------
+
+def _signed(hex_id: str) -> int:
+    """The 16-hex-digit id as SQLite's signed 64-bit rowid."""
+    v = int(hex_id, 16)
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _hex(rowid: int) -> str:
+    return f"{rowid & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def import_alerts(directory: str | os.PathLike[str], alerts: Iterable[Alert],
+                  link: bool = True) -> ImportResult:
+    """Store ``alerts`` in the hour files of ``directory`` (an alert already there is skipped),
+    then count how many link to a session recorded so far.
+
+    :param link: False skips the count (``linked``/``unlinked`` stay 0).
+    :raises AlertStoreError: a file cannot be written (the batches before it are kept).
+    """
+    directory = store_dir(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    result = ImportResult()
+    new_rows: list[tuple] = []
+    pending: dict[float, list[tuple]] = {}
+    n = 0
+    now = time.time()
+    for a in alerts:
+        result.read += 1
+        row = (_signed(a.id), a.time, a.gid, a.sid, a.rev, a.msg, a.priority, a.classification,
+               a.proto, a.saddr, a.sport, a.daddr, a.dport, a.community_id, a.flow_id,
+               a.app_proto, a.action, a.format, now)
+        pending.setdefault(hour_of(a.time), []).append(row)
+        n += 1
+        if n >= BATCH:
+            new_rows += _write(directory, pending, result)
+            pending, n = {}, 0
+    new_rows += _write(directory, pending, result)
+    if link and new_rows:
+        result.linked = count_linked(directory, new_rows)
+        result.unlinked = len(new_rows) - result.linked
+    return result
+
+
+def _write(directory: Path, pending: dict[float, list[tuple]], result: ImportResult) -> list[tuple]:
+    """One transaction per hour file; the rows actually inserted (not already there)."""
+    inserted: list[tuple] = []
+    marks = ", ".join("?" * len(ALERT_NAMES))
+    for hour, rows in sorted(pending.items()):
+        path = directory / file_name(hour)
+        try:
+            conn = _open_write(path)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                before = conn.total_changes
+                for row in rows:
+                    cur = conn.execute(f"INSERT OR IGNORE INTO alerts VALUES ({marks})", row)
+                    if cur.rowcount == 1:
+                        inserted.append(row)
+                conn.execute("COMMIT")
+                added = conn.total_changes - before
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise AlertStoreError(f"{path.name}: cannot write alerts ({e})") from None
+        result.imported += added
+        result.duplicates += len(rows) - added
+    return inserted
+
+
+# --- linking ------------------------------------------------------------------------------------
+
+_LINK_COLUMNS = ("id", "time", "proto", "saddr", "sport", "daddr", "dport", "community_id", "sid", "gid")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Span:
+    """An archive and what bounds its records' times."""
+
+    path: Path
+    first: float
+    last: float
+    maxdur: float           # its longest record, with query's slack: bounds stime for the indexes
+
+
+def _archives(directory: Path, lo: float, hi: float) -> list[_Span]:
+    """The archives of ``directory`` that may hold a record overlapping [lo, hi], oldest first.
+    A damaged or foreign file links nothing (``ra`` names it)."""
+    out = []
+    for path in _archive.list_archives(directory):
+        try:
+            conn = query.connect(path)
+        except query.QueryError:
+            continue
+        try:
+            info = _archive.read_info(conn)
+            if info.get("state") != "open" and info.get("records") == 0:
+                continue
+            first, last = info.get("first_stime"), info.get("last_ltime")
+            first = -math.inf if first is None else first
+            last = math.inf if last is None or info.get("state") == "open" else last
+            if last < lo or first > hi:
+                continue
+            out.append(_Span(path, first, last, query.max_dur(conn, path, info) + query.DUR_SLACK))
+        except sqlite3.Error:
+            continue
+        finally:
+            conn.close()
+    return out
+
+
+def _load_alerts(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None:
+    """Alerts (``_LINK_COLUMNS`` values) into ``temp.a`` of a (read-only) archive connection."""
+    conn.execute("DROP TABLE IF EXISTS temp.a")
+    conn.execute(f"CREATE TEMP TABLE a ({', '.join(_LINK_COLUMNS)})")
+    conn.executemany(f"INSERT INTO temp.a VALUES ({', '.join('?' * len(_LINK_COLUMNS))})", rows)
+
+
+def _direct_sql(select: str, reach: float = 0.0) -> str:
+    """Records ``f`` linked to the alerts of ``temp.a`` (with ``reach``: also the records of the
+    same endpoints that far around). The lower stime bound lets the host indexes (saddr, stime)
+    and (daddr, stime) serve each alert."""
+    return (f"SELECT {select} FROM temp.a AS a JOIN {query.source()} AS f ON {link_rule(reach)}"
+            f" AND f.stime >= a.time - {WINDOW + reach} - :maxdur")
+
+
+def count_linked(directory: Path, rows: Sequence[tuple]) -> int:
+    """How many of these alerts (``ALERT_NAMES`` rows) link to a session recorded so far."""
+    by_time = sorted(rows, key=lambda r: r[1])
+    linked: set[int] = set()
+    for span in _archives(directory, by_time[0][1] - WINDOW, by_time[-1][1] + WINDOW):
+        mine = [(r[0], r[1], r[8], r[9], r[10], r[11], r[12], r[13], r[3], r[2]) for r in by_time
+                if r[0] not in linked and span.first - WINDOW <= r[1] <= span.last + WINDOW]
+        if not mine:
+            continue
+        conn = query.connect(span.path)
+        try:
+            _load_alerts(conn, mine)
+            linked.update(x for (x,) in conn.execute(_direct_sql("DISTINCT a.id"),
+                                                     {"maxdur": span.maxdur}))
+        except sqlite3.Error:
+            continue
+        finally:
+            conn.close()
+    return len(linked)
+
+
+def _link_row(a: dict[str, Any]) -> tuple:
+    return (_signed(a["id"]), a["time"], a["proto"], a["saddr"], a["sport"], a["daddr"],
+            a["dport"], a["community_id"], a["sid"], a["gid"])
+
+
+def sessions_of(directory: str | os.PathLike[str], alert: dict[str, Any],
+                deadline: float | None = None) -> list[dict[str, Any]]:
+    """The session records ``alert`` links to, oldest first: those the link rule finds, and the
+    other records of their sessions (``_chain``).
+
+    :raises query.QueryTimeout: past ``deadline`` (a ``time.monotonic()`` value).
+    """
+    directory = store_dir(directory)
+    t = alert["time"]
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for span in _archives(directory, t - WINDOW, t + WINDOW):
+        conn = query.connect(span.path, deadline)
+        try:
+            _load_alerts(conn, [_link_row(alert)])
+            for row in conn.execute(_direct_sql(f"f.rid, {_F_SELECT}"), {"maxdur": span.maxdur}):
+                found[(span.path.name, row[0])] = _record(span.path.name, row)
+        except sqlite3.OperationalError as e:
+            if "interrupted" in str(e):
+                raise query.QueryTimeout("the query ran past its time limit") from None
+            raise AlertStoreError(f"{span.path.name}: {e}") from None
+        finally:
+            conn.close()
+    for r in list(found.values()):
+        for c in _chain(directory, r, deadline):
+            found.setdefault((c["_file"], c["_rid"]), c)
+    out = sorted(found.values(), key=lambda r: (r["stime"], r["_file"], r["_rid"]))
+    for r in out:
+        del r["_file"], r["_rid"]
+    return out
+
+
+_F_SELECT = ", ".join(f"f.{k}" for k in query.RECORD_ORDER)
+
+
+def _record(file: str, row: Sequence[Any]) -> dict[str, Any]:
+    r = dict(zip(query.RECORD_ORDER, row[1:]))
+    r["_file"], r["_rid"] = file, row[0]
+    return r
+
+
+CHAIN_STEP = 2 * HOUR       # the farthest a session's next record may start (status intervals)
+
+
+def _chain(directory: Path, r: dict[str, Any], deadline: float | None = None) -> list[dict[str, Any]]:
+    """The other records of ``r``'s session: Status records chain to the next record of the same
+    key (srcid, protocol, addresses, ports, same orientation) until a final record, across archives."""
+    key = (r["srcid"], r["proto"], r["saddr"], r["sport"], r["daddr"], r["dport"])
+    out = []
+    cur = r
+    while (prev := _neighbour(directory, key, cur, -1, deadline)) is not None and prev["cause"] == "Status":
+        out.append(prev)
+        cur = prev
+    cur = r
+    while cur["cause"] == "Status" and (nxt := _neighbour(directory, key, cur, 1, deadline)) is not None:
+        out.append(nxt)
+        cur = nxt
+    return out
+
+
+def _neighbour(directory: Path, key: tuple, r: dict[str, Any], step: int,
+               deadline: float | None) -> dict[str, Any] | None:
+    """The record of ``key`` just before (step -1) or after (+1) ``r`` in (stime, archive, rowid)
+    order, within CHAIN_STEP of it."""
+    if step < 0:
+        lo, hi = r["stime"] - CHAIN_STEP, r["stime"]
+    else:
+        lo, hi = r["stime"], r["ltime"] + CHAIN_STEP
+    spans = _archives(directory, lo, hi)
+    best = None
+    for span in spans:
+        conn = query.connect(span.path, deadline)
+        try:
+            # Order within one stime: the archive's name, then the rowid.
+            here = span.path.name
+            tie = ("(f.stime < :t OR (f.stime = :t AND (:file > :here OR (:file = :here AND f.rid < :rid))))"
+                   if step < 0 else
+                   "(f.stime > :t OR (f.stime = :t AND (:file < :here OR (:file = :here AND f.rid > :rid))))")
+            sql = (f"SELECT f.rid, {_F_SELECT} FROM {query.source()} AS f"
+                   f" WHERE f.srcid IS :k0 AND f.proto IS :k1 AND f.saddr IS :k2 AND f.sport IS :k3"
+                   f" AND f.daddr IS :k4 AND f.dport IS :k5 AND f.stime >= :lo AND f.stime <= :hi"
+                   f" AND {tie} ORDER BY f.stime {'DESC' if step < 0 else ''},"
+                   f" f.rid {'DESC' if step < 0 else ''} LIMIT 1")
+            row = conn.execute(sql, {"k0": key[0], "k1": key[1], "k2": key[2], "k3": key[3],
+                                     "k4": key[4], "k5": key[5], "lo": lo, "hi": hi, "t": r["stime"],
+                                     "file": r["_file"], "here": here, "rid": r["_rid"]}).fetchone()
+        except sqlite3.OperationalError as e:
+            if "interrupted" in str(e):
+                raise query.QueryTimeout("the query ran past its time limit") from None
+            row = None
+        finally:
+            conn.close()
+        if row is None:
+            continue
+        cand = _record(span.path.name, row)
+        order = (cand["stime"], cand["_file"], cand["_rid"])
+        if best is None or (order > (best["stime"], best["_file"], best["_rid"])) == (step < 0):
+            best = cand
+    return best
+
+
+# --- the filter primitives `alert` and `sid N` over archives -----------------------------------
+
+def linked_rowids(directory: Path, conn: sqlite3.Connection, path: Path, first: float, last: float,
+                  maxdur: float) -> None:
+    """Fill ``temp.ft_linked(rid, sid, gid)`` of an archive connection with the records some
+    alert links to (what ``filter.Linked`` compiles to): records the rule links directly, and
+    records of the same endpoints within SESSION_REACH of an alert whose session (``_chain``,
+    across archives) the rule links."""
+    conn.execute("DROP TABLE IF EXISTS temp.ft_linked")
+    conn.execute("CREATE TEMP TABLE ft_linked (rid INTEGER, sid INTEGER, gid INTEGER)")
+    lo, hi = first - WINDOW - maxdur - SESSION_REACH, last + WINDOW + SESSION_REACH
+    rows: list[tuple] = []
+    for f in alert_files(directory, lo, hi):
+        try:
+            ac = open_readonly(f)
+        except AlertStoreError:
+            continue
+        try:
+            rows += ac.execute(f"SELECT {', '.join(_LINK_COLUMNS)} FROM alerts"
+                               " WHERE time >= ? AND time <= ?", (lo, hi)).fetchall()
+        except sqlite3.Error:
+            continue
+        finally:
+            ac.close()
+    if not rows:
+        return
+    _load_alerts(conn, rows)
+    direct = f"a.time BETWEEN f.stime - {WINDOW} AND f.ltime + {WINDOW}"
+    found = conn.execute(_direct_sql(f"a.time, a.sid, a.gid, {direct}, f.rid, {_F_SELECT}",
+                                     SESSION_REACH), {"maxdur": maxdur}).fetchall()
+    by_rid = {row[4]: row[4:] for row in found}
+    linked = set()
+    spans: dict[int, tuple[float, float]] = {}      # rid -> its session's first stime, last ltime
+    for t, sid, gid, is_direct, rid, *_ in found:
+        if not is_direct:
+            if rid not in spans:
+                r = _record(path.name, by_rid[rid])
+                chain = [r] + _chain(directory, r)
+                span = (min(c["stime"] for c in chain), max(c["ltime"] for c in chain))
+                for c in chain:
+                    if c["_file"] == path.name:
+                        spans[c["_rid"]] = span
+            lo_s, hi_s = spans[rid]
+            if not lo_s - WINDOW <= t <= hi_s + WINDOW:
+                continue
+        linked.add((rid, sid, gid))
+    conn.executemany("INSERT INTO temp.ft_linked VALUES (?, ?, ?)", sorted(linked))
+    conn.execute("CREATE INDEX temp.ft_linked_rid ON ft_linked(rid)")
+
+
+# --- reading alerts -----------------------------------------------------------------------------
+
+class AlertRow(dict):
+    """An alert as listed: its columns, ``id`` as 16 hex digits; keys a session filter may name
+    but an alert has not read as None, and ``stime``/``ltime`` are its time (so ``-t`` applies)."""
+
+    def __missing__(self, key: str) -> Any:
+        return None
+
+
+def _row(names: Sequence[str], values: Sequence[Any]) -> AlertRow:
+    r = AlertRow(zip(names, values))
+    r["id"] = _hex(r["id"])
+    r["stime"] = r["ltime"] = r["time"]
+    return r
+
+
+def _alert_linked(r: dict[str, Any], sid: int | None, gid: int | None) -> bool:
+    """``alert``/``sid N``/``gid N`` said of an alert itself."""
+    return (sid is None or r["sid"] == sid) and (gid is None or r["gid"] == gid)
+
+
+def parse_filter(text: str) -> Any:
+    """ra's filter language over alerts: protocol, addresses, ports, ``sid N``, ``gid N``.
+
+    :raises filter.FilterError: with the column of the bad part.
+    """
+    return _filter.parse(text)
+
+
+def _select_sql(lo: float | None, hi: float | None, priority: int | None,
+                ast: Any) -> tuple[str, list[Any]]:
+    where, params = ["1"], []
+    if lo is not None:
+        where.append("time >= ?")
+        params.append(lo)
+    if hi is not None:
+        where.append("time <= ?")
+        params.append(hi)
+    if priority is not None:
+        where.append("priority IS NOT NULL AND priority <= ?")
+        params.append(priority)
+    b = query.TimeBounds.of(ast)
+    for bound, op in ((max(b.stime_lo, b.ltime_lo), ">="), (min(b.stime_hi, b.ltime_hi), "<=")):
+        if math.isfinite(bound):
+            where.append(f"time {op} ?")
+            params.append(bound)
+    return " AND ".join(where), params
+
+
+def _time_bounds(lo: float | None, hi: float | None, ast: Any) -> tuple[float, float]:
+    b = query.TimeBounds.of(ast)
+    return (max(-math.inf if lo is None else lo, b.stime_lo, b.ltime_lo),
+            min(math.inf if hi is None else hi, b.stime_hi, b.ltime_hi))
+
+
+def iter_alerts(directory: str | os.PathLike[str], ast: Any = None, lo: float | None = None,
+                hi: float | None = None, priority: int | None = None,
+                deadline: float | None = None) -> Iterator[AlertRow]:
+    """Alerts of one directory in time order (then id) that match the filter.
+
+    :raises AlertStoreError: an alert file cannot be read (after the alerts of those before it).
+    :raises query.QueryTimeout: past ``deadline``.
+    """
+    directory = store_dir(directory)
+    keep = _filter.compile_predicate(ast, linked=_alert_linked)
+    where, params = _select_sql(lo, hi, priority, ast)
+    for path in alert_files(directory, *_time_bounds(lo, hi, ast)):
+        conn = open_readonly(path, deadline)
+        try:
+            cur = conn.execute(f"SELECT {', '.join(ALERT_NAMES)} FROM alerts WHERE {where}"
+                               " ORDER BY time, id", params)
+            for values in cur:
+                r = _row(ALERT_NAMES, values)
+                if keep(r):
+                    yield r
+        except sqlite3.OperationalError as e:
+            if "interrupted" in str(e):
+                raise query.QueryTimeout("the query ran past its time limit") from None
+            raise AlertStoreError(f"{path.name}: {e}") from None
+        except sqlite3.Error as e:
+            raise AlertStoreError(f"{path.name}: {e}") from None
+        finally:
+            conn.close()
+
+
+def list_alerts(directory: str | os.PathLike[str], ast: Any = None, lo: float | None = None,
+                hi: float | None = None, priority: int | None = None, limit: int | None = None,
+                offset: int = 0, deadline: float | None = None) -> list[AlertRow]:
+    """``iter_alerts`` from ``offset``, at most ``limit`` of them."""
+    it = iter_alerts(directory, ast, lo, hi, priority, deadline)
+    stop = None if limit is None else offset + limit
+    return list(itertools.islice(it, offset, stop))
+
+
+def count_alerts(directory: str | os.PathLike[str], ast: Any = None, lo: float | None = None,
+                 hi: float | None = None, priority: int | None = None,
+                 deadline: float | None = None) -> int:
+    return sum(1 for _ in iter_alerts(directory, ast, lo, hi, priority, deadline))
+
+
+def signature_counts(directory: str | os.PathLike[str], ast: Any = None, lo: float | None = None,
+                     hi: float | None = None, priority: int | None = None, limit: int = 20,
+                     deadline: float | None = None) -> list[dict[str, Any]]:
+    """Alerts per signature (gid, sid), most frequent first: gid, sid, rev, msg, priority, count."""
+    counts: dict[tuple[int, int], dict[str, Any]] = {}
+    for a in iter_alerts(directory, ast, lo, hi, priority, deadline):
+        c = counts.setdefault((a["gid"], a["sid"]), {"gid": a["gid"], "sid": a["sid"], "rev": a["rev"],
+                                                     "msg": a["msg"], "priority": a["priority"],
+                                                     "count": 0})
+        c["count"] += 1
+        if a["msg"] and not c["msg"]:
+            c["msg"] = a["msg"]
+    return sorted(counts.values(), key=lambda c: (-c["count"], c["gid"], c["sid"]))[:limit]
+
+
+ID_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def find(directory: str | os.PathLike[str], alert_id: str) -> AlertRow | None:
+    """The alert with this id (16 hex digits), or None."""
+    if not ID_RE.match(alert_id or ""):
+        return None
+    directory = store_dir(directory)
+    for path in alert_files(directory):
+        try:
+            conn = open_readonly(path)
+        except AlertStoreError:
+            continue
+        try:
+            values = conn.execute(f"SELECT {', '.join(ALERT_NAMES)} FROM alerts WHERE id = ?",
+                                  (_signed(alert_id),)).fetchone()
+        except sqlite3.Error:
+            values = None
+        finally:
+            conn.close()
+        if values is not None:
+            return _row(ALERT_NAMES, values)
+    return None
+
+
+def around_ast(alert: dict[str, Any], seconds: float = 900) -> Any:
+    """Every session of either host of ``alert`` that overlaps its time ± ``seconds``."""
+    t = alert["time"]
+    hosts = []
+    for addr in dict.fromkeys(a for a in (alert["saddr"], alert["daddr"]) if a):
+        hosts += [_filter.Compare("saddr", "eq", addr), _filter.Compare("daddr", "eq", addr)]
+    when = _filter.And(_filter.Compare("stime", "le", t + seconds),
+                       _filter.Compare("ltime", "ge", t - seconds))
+    if not hosts:
+        return _filter.And(when, _filter.Const(False))
+    return _filter.And(when, functools.reduce(_filter.Or, hosts))
+
+
+def alerts_for_records(directory: str | os.PathLike[str],
+                       records: Sequence[dict[str, Any]]) -> list[list[AlertRow]]:
+    """For each record (as ``query`` reads them), the alerts that link to it directly (the rule
+    on the record itself; a page's rows, not a whole result)."""
+    directory = store_dir(directory)
+    out: list[list[AlertRow]] = []
+    cache: dict[Path, list[AlertRow]] = {}
+    for r in records:
+        lo, hi = r["stime"] - WINDOW, r["ltime"] + WINDOW
+        mine = []
+        for path in alert_files(directory, lo, hi):
+            if path not in cache:
+                cache[path] = list(iter_alerts_file(path))
+            mine += [a for a in cache[path] if lo <= a["time"] <= hi and links(a, r)]
+        out.append(mine)
+    return out
+
+
+def iter_alerts_file(path: Path) -> Iterator[AlertRow]:
+    try:
+        conn = open_readonly(path)
+    except AlertStoreError:
+        return
+    try:
+        for values in conn.execute(f"SELECT {', '.join(ALERT_NAMES)} FROM alerts ORDER BY time, id"):
+            yield _row(ALERT_NAMES, values)
+    except sqlite3.Error:
+        return
+    finally:
+        conn.close()
+
+
+def links(a: dict[str, Any], f: dict[str, Any]) -> bool:
+    """The link rule on one alert and one record, evaluated by SQLite itself (``LINK_RULE``), so
+    Python never holds a second copy of it."""
+    with sqlite3.connect(":memory:") as conn:
+        conn.execute("CREATE TABLE a (time, proto, saddr, sport, daddr, dport, community_id)")
+        conn.execute("CREATE TABLE f (stime, ltime, proto, saddr, sport, daddr, dport, community_id)")
+        conn.execute("INSERT INTO a VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     tuple(a[k] for k in ("time", "proto", "saddr", "sport", "daddr", "dport", "community_id")))
+        conn.execute("INSERT INTO f VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     tuple(f.get(k) for k in ("stime", "ltime", "proto", "saddr", "sport", "daddr", "dport", "community_id")))
+        return conn.execute(f"SELECT count(*) FROM a, f WHERE {LINK_RULE}").fetchone()[0] > 0
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+def prune(directory: Path, before: float) -> list[Path]:
+    """Delete the hour files wholly before ``before`` (the oldest record still archived)."""
+    removed = []
+    for path in alert_files(directory, -math.inf, before - HOUR):
+        m = NAME_RE.match(path.name)
+        start = datetime.strptime(m.group(1), "%Y%m%dT%H").replace(tzinfo=timezone.utc).timestamp()
+        if start + HOUR <= before:
+            for extra in (path, Path(f"{path}-journal")):
+                extra.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def recorded_span(directory: str | os.PathLike[str]) -> tuple[float, float] | None:
+    """First stime and last ltime over the archives of ``directory`` (None: no records yet)."""
+    directory = store_dir(directory)
+    lo, hi = math.inf, -math.inf
+    for path in _archive.list_archives(directory):
+        try:
+            conn = query.connect(path)
+        except query.QueryError:
+            continue
+        try:
+            info = _archive.read_info(conn)
+            first, last = info.get("first_stime"), info.get("last_ltime")
+            if info.get("state") == "open" and (first is None or last is None):
+                first, last = conn.execute("SELECT min(stime), max(ltime) FROM flows").fetchone()
+            if first is not None:
+                lo = min(lo, first)
+            if last is not None:
+                hi = max(hi, last)
+        except sqlite3.Error:
+            continue
+        finally:
+            conn.close()
+    return (lo, hi) if lo <= hi else None

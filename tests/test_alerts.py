@@ -1,0 +1,250 @@
+"""The alert store and the link between alerts and sessions (appliance/alerts.py), and the
+`flowtap alerts` / `ra --around` / `- alert` commands on real archives.
+
+Records are written by the real archive writer into real SQLite files; the link rule is checked at
+its edges (both orientations, ±30 s, Community ID, ICMP, status records, unlinked)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from appliance import alerts, archive, config, query
+from appliance import filter as _filter
+from appliance.alert_types import Alert
+from appliance.archive import ArchiveWriter
+from appliance.cli import cli
+from conftest import build_record
+
+T0 = 1_700_000_000.0          # 2023-11-14 22:13:20 UTC
+
+
+def make_config(tmp_path: Path, **kw) -> config.Config:
+    cfg = config.Config(sensor=config.SensorConfig(id="test-sensor"))
+    return dataclasses.replace(cfg, archive=dataclasses.replace(cfg.archive, dir=str(tmp_path / "archive"), **kw))
+
+
+def write_archive(tmp_path: Path, records: list[dict]) -> Path:
+    """Records into real archives (closed), via the recorder's writer."""
+    cfg = make_config(tmp_path, min_free_percent=0)
+    w = ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
+    for i, r in enumerate(records, 1):
+        r.setdefault("seq", i)
+        r.setdefault("sintf", 0)
+    w.add(records, now=max(r["ltime"] for r in records))
+    w.close(max(r["ltime"] for r in records) + 7200)
+    return Path(cfg.archive.dir)
+
+
+def alert(t: float, raw: str = "", **kw) -> Alert:
+    base = dict(time=t, gid=1, sid=2000001, rev=3, msg="ET TEST", proto=6, saddr="10.0.0.1",
+                sport=40000, daddr="198.18.0.1", dport=80, format="eve", raw=raw or f"line {t} {kw}")
+    base.update(kw)
+    return Alert(**base)
+
+
+def seqs(records: list[dict]) -> list[int]:
+    return [r["seq"] for r in records]
+
+
+@pytest.fixture
+def one_session(tmp_path):
+    """One TCP session 10.0.0.1:40000 -> 198.18.0.1:80 over [T0, T0 + 10]."""
+    rec = build_record(stime=T0, ltime=T0 + 10, community_id="1:good=")
+    return write_archive(tmp_path, [rec])
+
+
+@pytest.mark.parametrize("offset,linked", [(-30.0, True), (-30.001, False), (5.0, True),
+                                           (40.0, True), (40.001, False)])
+def test_time_window_is_stime_minus_30_to_ltime_plus_30(one_session, offset, linked):
+    a = alert(T0 + offset)
+    alerts.import_alerts(one_session, [a])
+    row = alerts.find(one_session, a.id)
+    assert bool(alerts.sessions_of(one_session, row)) is linked
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_either_orientation_links(one_session, swap):
+    kw = dict(saddr="198.18.0.1", sport=80, daddr="10.0.0.1", dport=40000) if swap else {}
+    a = alert(T0 + 1, **kw)
+    assert alerts.import_alerts(one_session, [a]).linked == 1
+    assert seqs(alerts.sessions_of(one_session, alerts.find(one_session, a.id))) == [1]
+
+
+@pytest.mark.parametrize("kw", [dict(sport=40001), dict(dport=81), dict(proto=17),
+                                dict(saddr="10.0.0.2"),
+                                dict(saddr="198.18.0.1", sport=40000, daddr="10.0.0.1", dport=80)])
+def test_other_endpoints_do_not_link(one_session, kw):
+    """Ports must pair with their own address: swapping addresses but not ports is another flow."""
+    a = alert(T0 + 1, **kw)
+    r = alerts.import_alerts(one_session, [a])
+    assert (r.linked, r.unlinked) == (0, 1)
+
+
+def test_community_id_must_agree_when_the_alert_has_one(one_session):
+    good, bad = alert(T0 + 1, community_id="1:good="), alert(T0 + 2, community_id="1:other=")
+    r = alerts.import_alerts(one_session, [good, bad])
+    assert (r.linked, r.unlinked) == (1, 1)
+    assert alerts.sessions_of(one_session, alerts.find(one_session, bad.id)) == []
+
+
+def test_icmp_links_by_addresses(tmp_path):
+    rec = build_record(stime=T0, ltime=T0 + 2, proto=1, sport=8, dport=0, saddr="10.0.0.1",
+                       daddr="10.0.0.9", community_id=None)
+    d = write_archive(tmp_path, [rec])
+    a = alert(T0 + 1, proto=1, saddr="10.0.0.9", sport=None, daddr="10.0.0.1", dport=None)
+    other = alert(T0 + 1, proto=1, saddr="10.0.0.9", sport=None, daddr="10.0.0.2", dport=None)
+    r = alerts.import_alerts(d, [a, other])
+    assert (r.linked, r.unlinked) == (1, 1)
+
+
+def test_ipv6_links(tmp_path):
+    rec = build_record(stime=T0, ltime=T0 + 2, saddr="2001:db8::1", daddr="2001:db8::2")
+    d = write_archive(tmp_path, [rec])
+    a = alert(T0 + 1, saddr="2001:db8::2", sport=80, daddr="2001:db8::1", dport=40000)
+    assert alerts.import_alerts(d, [a]).linked == 1
+
+
+def test_every_status_record_of_a_long_session_links(tmp_path):
+    """A session of six Status records and a Stop, across two hours (two archives): an alert in
+    its third minute links all seven; an unrelated earlier session of the same ports does not."""
+    recs = [build_record(stime=T0 - 600, ltime=T0 - 590, cause="Stop")]
+    for i in range(6):
+        recs.append(build_record(stime=T0 + 60 * i, ltime=T0 + 60 * i + 50, cause="Status"))
+    recs.append(build_record(stime=T0 + 360, ltime=T0 + 370, cause="Stop"))
+    cfg = make_config(tmp_path, min_free_percent=0, rotate_interval=180)
+    w = ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
+    for i, r in enumerate(recs, 1):
+        r["seq"], r["sintf"] = i, 0
+        w.add([r], now=r["ltime"])
+        w.commit(r["ltime"])
+        w.rotate_if_due(r["ltime"])
+    w.close(T0 + 9000)
+    d = Path(cfg.archive.dir)
+    assert len(archive.list_archives(d)) >= 2
+    a = alert(T0 + 130)
+    alerts.import_alerts(d, [a])
+    assert seqs(alerts.sessions_of(d, alerts.find(d, a.id))) == [2, 3, 4, 5, 6, 7, 8]
+    # The filter primitive selects the same records, in each archive.
+    assert seqs(query.read_records(d, _filter.parse("alert"))) == [2, 3, 4, 5, 6, 7, 8]
+    assert seqs(query.read_records(d, _filter.parse("not alert"))) == [1]
+
+
+def test_alert_imported_before_its_record_links_later(tmp_path):
+    d0 = write_archive(tmp_path, [build_record(stime=T0 - 9000, ltime=T0 - 8990, saddr="10.9.9.9")])
+    a = alert(T0 + 1)
+    r = alerts.import_alerts(d0, [a])
+    assert (r.linked, r.unlinked) == (0, 1)
+    write_archive(tmp_path, [build_record(stime=T0, ltime=T0 + 10, seq=7)])
+    assert seqs(alerts.sessions_of(d0, alerts.find(d0, a.id))) == [7]
+
+
+def test_same_line_twice_is_one_alert(one_session):
+    a = alert(T0 + 1, raw="the same line")
+    first = alerts.import_alerts(one_session, [a, a])
+    again = alerts.import_alerts(one_session, [a])
+    assert (first.imported, first.duplicates, again.imported, again.duplicates) == (1, 1, 0, 1)
+    assert len(alerts.list_alerts(one_session)) == 1
+
+
+def test_import_leaves_closed_archives_byte_identical_and_files_per_hour(one_session):
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in one_session.iterdir()}
+    alerts.import_alerts(one_session, [alert(T0 + 1), alert(T0 + 3700), alert(T0 - 3600 * 30)])
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in one_session.iterdir()
+             if p.name.startswith("flows-")}
+    assert after == {k: v for k, v in before.items() if k.startswith("flows-")}
+    names = sorted(p.name for p in one_session.glob("alerts-*.sqlite"))
+    assert names == ["alerts-20231113T160000Z.sqlite", "alerts-20231114T220000Z.sqlite",
+                     "alerts-20231114T230000Z.sqlite"]
+    # Each is a plain SQLite file that says what it is, and passes integrity_check.
+    conn = sqlite3.connect(one_session / names[1])
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    info = dict(conn.execute("SELECT key, value FROM alert_info"))
+    assert info["schema_version"] == 1 and info["hour"] == "20231114T22"
+    conn.close()
+
+
+def test_a_planted_symlink_is_not_read(one_session, tmp_path):
+    """A link named like an hour file (as an attacker with the recorder's user could plant) is
+    never opened: its alerts do not appear."""
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    alerts.import_alerts(other, [alert(T0 + 1, msg="planted")])
+    target = next(other.glob("alerts-*.sqlite"))
+    (one_session / target.name).symlink_to(target)
+    assert alerts.list_alerts(one_session) == []
+
+
+def test_a_damaged_alert_file_is_named_and_others_still_read(one_session):
+    alerts.import_alerts(one_session, [alert(T0 + 1), alert(T0 + 7200, raw="later")])
+    first = sorted(one_session.glob("alerts-*.sqlite"))[0]
+    first.write_bytes(b"garbage" * 100)
+    with pytest.raises(alerts.AlertStoreError, match=first.name):
+        list(alerts.iter_alerts(one_session))
+    assert [a["time"] for a in alerts.list_alerts(one_session, lo=T0 + 3600)] == [T0 + 7200]
+
+
+def test_retention_deletes_an_hours_alerts_with_its_archives(tmp_path):
+    recs = [build_record(stime=T0 + 3600 * i, ltime=T0 + 3600 * i + 1, seq=i + 1, sintf=0)
+            for i in range(3)]
+    cfg = make_config(tmp_path, min_free_percent=0, rotate_interval=3600)
+    w = ArchiveWriter(cfg.archive, "test-sensor", "x", "d")
+    for r in recs:
+        w.add([r], now=r["ltime"])
+        w.commit(r["ltime"])
+        w.rotate_if_due(r["ltime"] + 3600)
+    d = Path(cfg.archive.dir)
+    alerts.import_alerts(d, [alert(r["stime"] + 0.5, raw=str(r["seq"])) for r in recs])
+    assert len(alerts.alert_files(d)) == 3
+    oldest = archive.list_archives(d)[0]
+    archive._unlink_archive(oldest)
+    w._prune_alerts()
+    w.close(T0 + 99999)
+    assert [a["time"] for a in alerts.list_alerts(d)] == [T0 + 3600.5, T0 + 7200.5]
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+def test_alerts_list_filter_json_and_around(one_session, runner, tmp_path):
+    a, b = alert(T0 + 1, sid=7, msg="seven"), alert(T0 + 5000, sid=8, saddr="10.0.0.5", msg="eight")
+    alerts.import_alerts(one_session, [a, b])
+    d = str(one_session)
+    out = runner.invoke(cli, ["alerts", "-r", d, "-M", "json", "-", "sid", "7"])
+    assert out.exit_code == 0, out.output
+    rows = [json.loads(x) for x in out.output.splitlines()]
+    assert [r["id"] for r in rows] == [a.id]
+    s = rows[0]["sessions"][0]
+    assert (s["stime"], s["saddr"], s["sport"], s["daddr"], s["dport"], s["seq"], s["srcid"]) == \
+        (T0, "10.0.0.1", 40000, "198.18.0.1", 80, 1, "sensor1")
+    out = runner.invoke(cli, ["alerts", "-r", d, "-c", ",", "-s", "time", "sid", "saddr", "-",
+                              "host", "10.0.0.5"])
+    assert out.output.splitlines()[1:] == ["2023-11-15 13:36:40.000000,8,10.0.0.5"]
+    out = runner.invoke(cli, ["ra", "-r", d, "-n", "-s", "seq", "--around", f"{b.id}:10"])
+    assert out.exit_code == 0 and out.output.split()[1:] == []        # nothing near the second
+    out = runner.invoke(cli, ["ra", "-r", d, "-n", "-s", "seq", "--around", a.id])
+    assert out.output.split()[1:] == ["1"]
+    for bad in (["--around", "0123456789abcdef"], ["--around", f"{a.id}:x"]):
+        out = runner.invoke(cli, ["ra", "-r", d, *bad])
+        assert out.exit_code == 2 and "--around" in out.stderr
+
+
+def test_alert_and_sid_filters_in_ra_and_racluster(one_session, runner):
+    alerts.import_alerts(one_session, [alert(T0 + 1, sid=9)])
+    d = str(one_session)
+    for cmd in (["ra"], ["racluster", "-m", "saddr", "daddr"], ["rasort", "-m", "stime"]):
+        hit = runner.invoke(cli, [*cmd, "-r", d, "-n", "-s", "saddr", "-", "alert", "and", "sid", "9"])
+        miss = runner.invoke(cli, [*cmd, "-r", d, "-n", "-s", "saddr", "-", "sid", "10"])
+        assert hit.exit_code == 0 and hit.output.split()[1:] == ["10.0.0.1"], (cmd, hit.output)
+        assert miss.output.split()[1:] == []
+    bad = runner.invoke(cli, ["ra", "-r", d, "-", "sid", "-1"])
+    assert bad.exit_code == 2 and "sid" in bad.stderr
+
+
+def test_import_into_a_missing_store_and_bad_stdin(tmp_path, runner):
+    out = runner.invoke(cli, ["alerts", "import", "-d", str(tmp_path / "new"), "-"], input=b"\x00garbage\n")
+    assert out.exit_code == 2 and "flowtap:" in out.stderr

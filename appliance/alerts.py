@@ -47,6 +47,7 @@ from .alert_types import PORT_PROTOS, Alert
 SCHEMA_VERSION = 1
 NAME_RE = re.compile(r"^alerts-(\d{8}T\d{2})0000Z\.sqlite$")
 HOUR = 3600
+LAST_TIME = 253402300800.0    # 10000-01-01: hour files are named for years 1970-9999
 WINDOW = 30.0                 # seconds around a record within which an alert's time links (Arkime's)
 BATCH = 20_000                # alerts per transaction on import
 BUSY_TIMEOUT = 10.0           # seconds an importer waits for another (the follower, a second import)
@@ -93,6 +94,7 @@ class AlertStoreError(Exception):
 @dataclasses.dataclass
 class ImportResult:
     read: int = 0
+    rejected: int = 0           # times no hour file can name (before 1970, after 9999, NaN)
     imported: int = 0
     duplicates: int = 0
     linked: int = 0
@@ -214,6 +216,9 @@ def import_alerts(directory: str | os.PathLike[str], alerts: Iterable[Alert],
     now = time.time()
     for a in alerts:
         result.read += 1
+        if not 0 <= a.time < LAST_TIME:          # also NaN
+            result.rejected += 1
+            continue
         row = (_signed(a.id), a.time, a.gid, a.sid, a.rev, a.msg, a.priority, a.classification,
                a.proto, a.saddr, a.sport, a.daddr, a.dport, a.community_id, a.flow_id,
                a.app_proto, a.action, a.format, now)
@@ -276,24 +281,40 @@ def _archives(directory: Path, lo: float, hi: float) -> list[_Span]:
     out = []
     for path in _archive.list_archives(directory):
         try:
-            conn = query.connect(path)
-        except query.QueryError:
+            st = path.stat()
+        except OSError:
             continue
-        try:
-            info = _archive.read_info(conn)
-            if info.get("state") != "open" and info.get("records") == 0:
-                continue
-            first, last = info.get("first_stime"), info.get("last_ltime")
-            first = -math.inf if first is None else first
-            last = math.inf if last is None or info.get("state") == "open" else last
-            if last < lo or first > hi:
-                continue
-            out.append(_Span(path, first, last, query.max_dur(conn, path, info) + query.DUR_SLACK))
-        except sqlite3.Error:
-            continue
-        finally:
-            conn.close()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in _span_cache:
+            if len(_span_cache) > 4096:
+                _span_cache.clear()
+            _span_cache[key] = _span(path)
+        span = _span_cache[key]
+        if span is not None and not (span.last < lo or span.first > hi):
+            out.append(span)
     return out
+
+
+_span_cache: dict[tuple[str, int, int], _Span | None] = {}    # an unchanged file, read once
+
+
+def _span(path: Path) -> _Span | None:
+    try:
+        conn = query.connect(path)
+    except query.QueryError:
+        return None
+    try:
+        info = _archive.read_info(conn)
+        if info.get("state") != "open" and info.get("records") == 0:
+            return None
+        first, last = info.get("first_stime"), info.get("last_ltime")
+        first = -math.inf if first is None else first
+        last = math.inf if last is None or info.get("state") == "open" else last
+        return _Span(path, first, last, query.max_dur(conn, path, info) + query.DUR_SLACK)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def _load_alerts(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None:
@@ -643,47 +664,47 @@ def around_ast(alert: dict[str, Any], seconds: float = 900) -> Any:
 
 def alerts_for_records(directory: str | os.PathLike[str],
                        records: Sequence[dict[str, Any]]) -> list[list[AlertRow]]:
-    """For each record (as ``query`` reads them), the alerts that link to it directly (the rule
-    on the record itself; a page's rows, not a whole result)."""
+    """For each record (as ``query`` reads them), the alerts the rule links to it directly: for a
+    page's rows, not a whole result. The rule runs in SQLite over the two lists, as everywhere."""
     directory = store_dir(directory)
-    out: list[list[AlertRow]] = []
-    cache: dict[Path, list[AlertRow]] = {}
-    for r in records:
-        lo, hi = r["stime"] - WINDOW, r["ltime"] + WINDOW
-        mine = []
-        for path in alert_files(directory, lo, hi):
-            if path not in cache:
-                cache[path] = list(iter_alerts_file(path))
-            mine += [a for a in cache[path] if lo <= a["time"] <= hi and links(a, r)]
-        out.append(mine)
+    if not records:
+        return []
+    lo = min(r["stime"] for r in records) - WINDOW
+    hi = max(r["ltime"] for r in records) + WINDOW
+    found = list(itertools.chain.from_iterable(
+        iter_alerts_file(p, lo, hi) for p in alert_files(directory, lo, hi)))
+    out: list[list[AlertRow]] = [[] for _ in records]
+    if not found:
+        return out
+    with sqlite3.connect(":memory:") as conn:
+        conn.execute("CREATE TABLE a (i, time, proto, saddr, sport, daddr, dport, community_id)")
+        conn.execute("CREATE TABLE f (i, stime, ltime, proto, saddr, sport, daddr, dport, community_id)")
+        conn.executemany("INSERT INTO a VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+            (i, *(x[k] for k in ("time", "proto", "saddr", "sport", "daddr", "dport", "community_id")))
+            for i, x in enumerate(found)])
+        conn.executemany("INSERT INTO f VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            (i, *(r.get(k) for k in ("stime", "ltime", "proto", "saddr", "sport", "daddr", "dport",
+                                     "community_id"))) for i, r in enumerate(records)])
+        for fi, ai in conn.execute(f"SELECT f.i, a.i FROM a, f WHERE {LINK_RULE} ORDER BY f.i, a.i"):
+            out[fi].append(found[ai])
     return out
 
 
-def iter_alerts_file(path: Path) -> Iterator[AlertRow]:
+def iter_alerts_file(path: Path, lo: float = -math.inf, hi: float = math.inf) -> Iterator[AlertRow]:
+    """The alerts of one hour file timed in [lo, hi] (none if it cannot be read)."""
     try:
         conn = open_readonly(path)
     except AlertStoreError:
         return
     try:
-        for values in conn.execute(f"SELECT {', '.join(ALERT_NAMES)} FROM alerts ORDER BY time, id"):
+        for values in conn.execute(f"SELECT {', '.join(ALERT_NAMES)} FROM alerts"
+                                   " WHERE time >= ? AND time <= ? ORDER BY time, id",
+                                   (max(lo, -1e300), min(hi, 1e300))):
             yield _row(ALERT_NAMES, values)
     except sqlite3.Error:
         return
     finally:
         conn.close()
-
-
-def links(a: dict[str, Any], f: dict[str, Any]) -> bool:
-    """The link rule on one alert and one record, evaluated by SQLite itself (``LINK_RULE``), so
-    Python never holds a second copy of it."""
-    with sqlite3.connect(":memory:") as conn:
-        conn.execute("CREATE TABLE a (time, proto, saddr, sport, daddr, dport, community_id)")
-        conn.execute("CREATE TABLE f (stime, ltime, proto, saddr, sport, daddr, dport, community_id)")
-        conn.execute("INSERT INTO a VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     tuple(a[k] for k in ("time", "proto", "saddr", "sport", "daddr", "dport", "community_id")))
-        conn.execute("INSERT INTO f VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     tuple(f.get(k) for k in ("stime", "ltime", "proto", "saddr", "sport", "daddr", "dport", "community_id")))
-        return conn.execute(f"SELECT count(*) FROM a, f WHERE {LINK_RULE}").fetchone()[0] > 0
 
 
 # --- retention ----------------------------------------------------------------------------------

@@ -6,8 +6,10 @@
 """
 from __future__ import annotations
 
+import csv
 import heapq
 import json
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,9 +181,14 @@ def list_command(paths: tuple[str, ...], time_range: str | None, numeric: int,
             _fail(f"{p}: No such directory", 1)
     merged = heapq.merge(*(_tagged(s, ast) for s in stores), key=lambda x: (x[1]["time"], x[1]["id"]))
     as_json = "json" in modes
+    delimited = None
     if delimiter is not None:
         delimiter = delimiter.replace("\\t", "\t")
-        click.echo(delimiter.join(ALERT_FIELDS[f][0] for f in fields))
+        if len(delimiter) != 1:
+            raise click.UsageError("-c takes one character")
+        # Quoted as CSV where a value holds the delimiter (messages are free text).
+        delimited = csv.writer(_Echo(), delimiter=delimiter, lineterminator="\n")
+        delimited.writerow([ALERT_FIELDS[f][0] for f in fields])
     elif not as_json:
         click.echo(" ".join(_cell(ALERT_FIELDS[f][0], f) for f in fields).rstrip())
     try:
@@ -191,12 +198,19 @@ def list_command(paths: tuple[str, ...], time_range: str | None, numeric: int,
                 click.echo(json.dumps(_json(a, sessions), separators=(",", ":")))
             else:
                 values = [_value(a, f, numeric, len(sessions)) for f in fields]
-                if delimiter is not None:
-                    click.echo(delimiter.join(values))
+                if delimited is not None:
+                    delimited.writerow(values)
                 else:
                     click.echo(" ".join(_cell(v, f) for v, f in zip(values, fields)).rstrip())
     except _alerts.AlertStoreError as e:
         _fail(str(e), 1)
+
+
+class _Echo:
+    """A file-like ``write`` onto click's stdout (what csv.writer needs)."""
+
+    def write(self, text: str) -> None:
+        click.echo(text, nl=False)
 
 
 def _tagged(store: Path, ast: Any):
@@ -227,7 +241,16 @@ def _value(a: dict[str, Any], f: str, numeric: int, n_sessions: int) -> str:
     v = a[f]
     if v is None:
         return ""
-    return str(v).replace("\n", " ")
+    return printable(str(v))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Control characters as \\xNN: an alert's message comes from packets an outsider sent, and
+    must not move the analyst's terminal cursor or change its title."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _cell(v: str, f: str) -> str:

@@ -223,7 +223,7 @@ def test_alerts_list_filter_json_and_around(one_session, runner, tmp_path):
         (T0, "10.0.0.1", 40000, "198.18.0.1", 80, 1, "sensor1")
     out = runner.invoke(cli, ["alerts", "-r", d, "-c", ",", "-s", "time", "sid", "saddr", "-",
                               "host", "10.0.0.5"])
-    assert out.output.splitlines()[1:] == ["2023-11-15 13:36:40.000000,8,10.0.0.5"]
+    assert out.output.splitlines()[1:] == ["2023-11-14 23:36:40.000000,8,10.0.0.5"]
     out = runner.invoke(cli, ["ra", "-r", d, "-n", "-s", "seq", "--around", f"{b.id}:10"])
     assert out.exit_code == 0 and out.output.split()[1:] == []        # nothing near the second
     out = runner.invoke(cli, ["ra", "-r", d, "-n", "-s", "seq", "--around", a.id])
@@ -248,3 +248,29 @@ def test_alert_and_sid_filters_in_ra_and_racluster(one_session, runner):
 def test_import_into_a_missing_store_and_bad_stdin(tmp_path, runner):
     out = runner.invoke(cli, ["alerts", "import", "-d", str(tmp_path / "new"), "-"], input=b"\x00garbage\n")
     assert out.exit_code == 2 and "flowtap:" in out.stderr
+
+
+def test_alerts_for_records_applies_the_rule_to_each_row(one_session):
+    a, far = alert(T0 + 1, sid=1), alert(T0 + 100, sid=2)
+    alerts.import_alerts(one_session, [a, far])
+    recs = list(query.read_records(one_session))
+    other = dict(recs[0], sport=1)
+    got = alerts.alerts_for_records(one_session, [recs[0], other])
+    assert [[x["sid"] for x in row] for row in got] == [[1], []]
+    assert alerts.alerts_for_records(one_session, []) == []
+
+
+def test_hostile_message_cannot_drive_the_terminal(one_session, runner):
+    """A message carries what an outsider put in a packet: escape sequences print as text."""
+    alerts.import_alerts(one_session, [alert(T0 + 1, msg="evil \x1b]0;owned\x07 \x1b[2J\nline")])
+    out = runner.invoke(cli, ["alerts", "-r", str(one_session), "-s", "msg"])
+    assert "\x1b" not in out.output and "\\x1b]0;owned\\x07" in out.output
+    out = runner.invoke(cli, ["alerts", "-r", str(one_session), "-c", ",", "-s", "sid", "msg"])
+    assert out.output.splitlines()[1].startswith("2000001,evil ")
+    out = runner.invoke(cli, ["alerts", "-r", str(one_session), "-M", "json"])
+    assert json.loads(out.output)["msg"].startswith("evil \x1b]0;owned")
+
+
+def test_times_that_name_no_file_are_refused_not_fatal(tmp_path):
+    r = alerts.import_alerts(tmp_path, [alert(-5.0), alert(1e300), alert(float("nan")), alert(T0)])
+    assert (r.read, r.imported, r.rejected) == (4, 1, 3)

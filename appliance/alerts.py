@@ -70,12 +70,14 @@ _PORTS = ", ".join(str(p) for p in PORT_PROTOS)
 
 def link_rule(reach: float = 0.0) -> str:
     w = WINDOW + reach
+    # "+f.daddr": search records by their source (the initiator: a client, mostly) with the
+    # (saddr, stime) index, never by their destination, which may be a server busy with everyone.
     return f"""f.proto = a.proto
     AND f.stime <= a.time + {w} AND f.ltime >= a.time - {w}
-    AND ((f.saddr = a.saddr AND f.daddr = a.daddr
+    AND ((f.saddr = a.saddr AND +f.daddr = a.daddr
           AND (a.proto NOT IN ({_PORTS}) OR a.sport IS NULL
                OR (f.sport = a.sport AND f.dport = a.dport)))
-      OR (f.saddr = a.daddr AND f.daddr = a.saddr
+      OR (f.saddr = a.daddr AND +f.daddr = a.saddr
           AND (a.proto NOT IN ({_PORTS}) OR a.sport IS NULL
                OR (f.sport = a.dport AND f.dport = a.sport))))
     AND (a.community_id IS NULL OR a.community_id = f.community_id)"""
@@ -210,10 +212,19 @@ def import_alerts(directory: str | os.PathLike[str], alerts: Iterable[Alert],
     directory = store_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     result = ImportResult()
-    new_rows: list[tuple] = []
     pending: dict[float, list[tuple]] = {}
     n = 0
     now = time.time()
+
+    def flush() -> None:
+        # Linked now, batch by batch: memory stays one batch whatever the file's size.
+        inserted = _write(directory, pending, result)
+        if link and inserted:
+            linked = count_linked(directory, inserted)
+            result.linked += linked
+            result.unlinked += len(inserted) - linked
+        pending.clear()
+
     for a in alerts:
         result.read += 1
         if not 0 <= a.time < LAST_TIME:          # also NaN
@@ -225,12 +236,9 @@ def import_alerts(directory: str | os.PathLike[str], alerts: Iterable[Alert],
         pending.setdefault(hour_of(a.time), []).append(row)
         n += 1
         if n >= BATCH:
-            new_rows += _write(directory, pending, result)
-            pending, n = {}, 0
-    new_rows += _write(directory, pending, result)
-    if link and new_rows:
-        result.linked = count_linked(directory, new_rows)
-        result.unlinked = len(new_rows) - result.linked
+            flush()
+            n = 0
+    flush()
     return result
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import click
 
-from . import alerts as _alerts
 from . import fields as _fields
 from .alert_types import AlertError
 
@@ -38,10 +37,21 @@ DEFAULT_FIELDS = ("time", "id", "priority", "rule", "proto", "saddr", "sport", "
 class AlertsGroup(click.Group):
     """``flowtap alerts [OPTIONS] [- FILTER]`` lists; ``flowtap alerts import|follow`` are commands."""
 
+    LAZY = ("follow",)          # its module loads only when it runs (ra's start-up stays short)
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+        if args and args[0] not in self.list_commands(ctx) and args[0] not in ("-h", "--help"):
             args = ["list", *args]
         return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "follow":
+            from .alert_follow import follow_command
+            return follow_command
+        return super().get_command(ctx, name)
 
 
 @click.group(cls=AlertsGroup, context_settings=CONTEXT, epilog="""\b
@@ -76,7 +86,7 @@ def import_command(directory: str, fmt: str, year: int | None, sid_map_path: str
     Prints one summary line (alerts read, imported, duplicates, linked now, unlinked, bad lines);
     the first bad line is shown with its line number. Exit 2 when a file holds no readable alert.
     """
-    from . import alert_formats
+    from . import alert_formats, alerts as _alerts
 
     store = _alerts.store_dir(directory)
     span = _alerts.recorded_span(store)
@@ -159,7 +169,7 @@ def list_command(paths: tuple[str, ...], time_range: str | None, numeric: int,
                  filter_words: tuple[str, ...]) -> None:
     """List alerts in time order. The filter is ra's language, said of the alert's own protocol,
     addresses and ports, plus `sid N` and `gid N`."""
-    from . import filter as _filter
+    from . import alerts as _alerts, filter as _filter
 
     bad_modes = [m for m in modes if m != "json"]
     if bad_modes:
@@ -214,6 +224,8 @@ class _Echo:
 
 
 def _tagged(store: Path, ast: Any):
+    from . import alerts as _alerts
+
     for a in _alerts.iter_alerts(store, ast):
         yield store, a
 

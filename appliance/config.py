@@ -86,6 +86,27 @@ class ExportConfig:
     uniflow: bool = False
 
 
+# Formats the alert follower can tail: line formats only (unified2 is read by `alerts import`).
+ALERT_FORMATS = ("auto", "eve", "snort3-json", "snort3-csv", "fast")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """IDS alert files followed into the alert store (``flowtap alerts follow``)."""
+
+    files: tuple[str, ...] = ()
+    format: str = "auto"               # or one of ALERT_FORMATS; auto: detected per file
+    state_file: str = ""               # empty: alerts/follow.json beside archive.dir
+    poll_interval: float = 1.0         # seconds between looks at the files
+    batch: int = 5000                  # at most this many alerts per import transaction
+
+    def state_path(self, archive_dir: str | os.PathLike[str]) -> Path:
+        """Where the follower keeps its place; by default in the data dir the archives are in."""
+        if self.state_file:
+            return Path(self.state_file)
+        return Path(archive_dir).parent / "alerts" / "follow.json"
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration, passed explicitly to whatever needs a part of it."""
@@ -96,6 +117,7 @@ class Config:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     web: WebConfig = field(default_factory=WebConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def digest(self) -> str:
         """A short hash of the effective configuration (recorded in each archive)."""
@@ -122,6 +144,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "archive.min_free_percent": (0, 90),
     "archive.max_age": (0, 3650 * DAY),
     "archive.commit_interval": (0.1, 300),
+    "alerts.poll_interval": (0.1, 60),
+    "alerts.batch": (1, 100_000),
 }
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -165,6 +189,15 @@ def _validate_semantics(cfg: Config) -> None:
     for iface in cfg.capture.interfaces:
         if len(iface) > 15 or "/" in iface or not iface.isprintable() or any(c.isspace() for c in iface):
             raise ConfigError(f"capture.interfaces: {iface!r} is not an interface name")
+    for path in cfg.alerts.files:
+        if not os.path.isabs(path):
+            raise ConfigError(f"alerts.files: {path!r} must be an absolute path")
+    if cfg.alerts.format not in ALERT_FORMATS:
+        raise ConfigError(f"alerts.format: must be one of {', '.join(ALERT_FORMATS)}, "
+                          f"got {cfg.alerts.format!r}")
+    if cfg.alerts.state_file and not os.path.isabs(cfg.alerts.state_file):
+        raise ConfigError(f"alerts.state_file: must be an absolute path or empty, "
+                          f"got {cfg.alerts.state_file!r}")
 
 
 def from_dict(data: dict[str, Any]) -> Config:

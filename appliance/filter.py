@@ -793,6 +793,18 @@ def _spec(text: str, pos: int, today: _dt.datetime) -> tuple[_dt.datetime, _dt.d
 
 
 def parse_time_range(text: str, now: float | None = None) -> Any:
+    """See ``_time_range``; a range beyond the calendar (year 10000, ``-99999999y``) is a
+    ``FilterError`` too, not the datetime module's OverflowError.
+    """
+    try:
+        return _time_range(text, now)
+    except FilterError:
+        raise
+    except (OverflowError, ValueError, OSError) as e:
+        raise FilterError(f"a time out of range ({e})", 1) from None
+
+
+def _time_range(text: str, now: float | None = None) -> Any:
     """Parse an Argus ``-t`` range into a filter AST over ``stime``/``ltime`` (local time).
 
     Forms: ``2024/01/01.10:00:00-2024/01/01.11:00:00``, ``2024/01/01``, ``2024/01``, ``2024``,

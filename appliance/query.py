@@ -210,6 +210,18 @@ def uses_alerts(ast: Any) -> bool:
     return isinstance(ast, _filter.Linked)
 
 
+def prepare_alert_links(conn: sqlite3.Connection, path: Path, info: dict[str, Any] | None = None) -> None:
+    """Fill ``temp.ft_linked`` of a connection to the archive ``path``: what ``alert``, ``sid N``
+    and ``gid N`` read (``alerts.linked_rowids``, from the alert store beside the archive)."""
+    from . import alerts
+
+    info = _archive.read_info(conn) if info is None else info
+    first, last = info.get("first_stime"), info.get("last_ltime")
+    alerts.linked_rowids(path.parent, conn, path, -math.inf if first is None else first,
+                         math.inf if last is None or info.get("state") == "open" else last,
+                         max_dur(conn, path, info) + DUR_SLACK)
+
+
 def _conjuncts(ast: Any) -> Iterator[Any]:
     if isinstance(ast, _filter.And):
         yield from _conjuncts(ast.left)
@@ -284,11 +296,7 @@ def plan_file(path: Path, ast: Any, deadline: float | None = None) -> FileQuery:
         if first is not None and last is not None and bounds.misses(first, last):
             return FileQuery(path, conn, None)
         if uses_alerts(ast):
-            from . import alerts      # the alert store beside the archive: `alert`, `sid N`
-            alerts.linked_rowids(path.parent, conn, path,
-                                 first if first is not None else -math.inf,
-                                 math.inf if last is None or info.get("state") == "open" else last,
-                                 max_dur(conn, path, info) + DUR_SLACK)
+            prepare_alert_links(conn, path, info)
         return FileQuery(path, conn, where_clause(ast, *stime_range(conn, path, bounds, info)))
     except sqlite3.Error as e:
         conn.close()

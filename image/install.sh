@@ -15,8 +15,9 @@
 #   5. /etc/flowtap/flowtap.toml, only if there is none (an existing config is never overwritten);
 #   6. nginx in front of the page (TLS on 443 with the box's own certificate, made at first start
 #      by flowtap-tls-cert.service), replacing Debian's default site;
-#   7. enables flowtap-recorder, flowtap-web, flowtap-recorder-reload.path, flowtap-tls-cert and
-#      nginx, and (re)starts them unless --no-start or when there is no running systemd (a chroot).
+#   7. enables flowtap-recorder, flowtap-web, flowtap-alerts (idle until [alerts] files are set),
+#      flowtap-recorder-reload.path, flowtap-tls-cert and nginx, and (re)starts them unless
+#      --no-start or when there is no running systemd (a chroot).
 set -eu
 
 PREFIX=/opt/flowtap
@@ -26,9 +27,9 @@ WHEELHOUSE=
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 UNITDIR=/usr/local/lib/systemd/system
 LIBDIR=/usr/local/lib
-UNITS="flowtap-recorder.service flowtap-web.service flowtap-recorder-reload.path flowtap-recorder-reload.service flowtap-tls-cert.service"
+UNITS="flowtap-recorder.service flowtap-web.service flowtap-alerts.service flowtap-recorder-reload.path flowtap-recorder-reload.service flowtap-tls-cert.service"
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 say() { printf 'flowtap install: %s\n' "$*"; }
 die() { printf 'flowtap install: error: %s\n' "$*" >&2; exit 1; }
 
@@ -131,8 +132,8 @@ rm -f /etc/nginx/sites-enabled/default         # Debian's welcome page; port 80 
 
 # --- 7. enable and start ------------------------------------------------------------------------
 # flowtap-recorder-reload.service has no [Install]: the path unit starts it.
-systemctl enable flowtap-recorder.service flowtap-web.service flowtap-recorder-reload.path \
-    flowtap-tls-cert.service nginx.service
+systemctl enable flowtap-recorder.service flowtap-web.service flowtap-alerts.service \
+    flowtap-recorder-reload.path flowtap-tls-cert.service nginx.service
 if [ "$LIVE" = 1 ]; then
     systemctl daemon-reload
     systemd-sysctl 90-flowtap.conf || true
@@ -140,8 +141,8 @@ if [ "$LIVE" = 1 ]; then
         [ "$NETWORK" = 0 ] || systemctl restart systemd-networkd.service
         systemctl start flowtap-tls-cert.service
         systemctl restart flowtap-recorder-reload.path flowtap-recorder.service flowtap-web.service \
-            nginx.service
-        say "started; status: systemctl status flowtap-recorder flowtap-web"
+            flowtap-alerts.service nginx.service
+        say "started; status: systemctl status flowtap-recorder flowtap-web flowtap-alerts"
     fi
 else
     say "no running systemd here (chroot): services enabled, not started"

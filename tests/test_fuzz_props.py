@@ -105,7 +105,7 @@ def test_config_arbitrary_bytes_load_or_config_error(raw):
 
 def test_valid_config_values_load():
     """A config using every key with a valid value loads and round-trips."""
-    text = "".join(common.SEED_CONFIGS[:7])
+    text = "".join(common.SEED_CONFIGS[:8])
     scratch = common.ConfigFile()
     try:
         assert common.check_config_bytes(text.encode(), scratch)

@@ -20,7 +20,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "image" / "build.sh"
-UNITS = ("flowtap-recorder.service", "flowtap-web.service", "flowtap-recorder-reload.path",
+UNITS = ("flowtap-recorder.service", "flowtap-web.service", "flowtap-alerts.service",
+         "flowtap-recorder-reload.path",
          "flowtap-recorder-reload.service", "flowtap-tls-cert.service")
 UNITDIR = "usr/local/lib/systemd/system"
 
@@ -112,6 +113,7 @@ def test_services_are_enabled(rootfs):
     system = rootfs / "etc/systemd/system"
     for wants, unit in (("multi-user.target.wants", "flowtap-recorder.service"),
                         ("multi-user.target.wants", "flowtap-web.service"),
+                        ("multi-user.target.wants", "flowtap-alerts.service"),
                         ("paths.target.wants", "flowtap-recorder-reload.path"),
                         ("nginx.service.wants", "flowtap-tls-cert.service")):
         link = system / wants / unit

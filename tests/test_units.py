@@ -30,7 +30,7 @@ UNITS = sorted(p for p in SYSTEMD.iterdir() if p.suffix in (".service", ".path")
 NETWORK = sorted((SYSTEMD / "network").iterdir())
 VENV_FLOWTAP = "/opt/flowtap/bin/flowtap"
 TLS_CERT = "/usr/local/sbin/flowtap-tls-cert"           # systemd/flowtap-tls-cert, installed
-WEB_MAX, RECORDER_MAX = 2.5, 4.0
+WEB_MAX, RECORDER_MAX, ALERTS_MAX = 2.5, 4.0, 1.0
 
 
 def parse(path: Path) -> list[tuple[str, str, str, str]]:
@@ -78,6 +78,7 @@ def flowtap_binary() -> str:
 
 RECORDER = SYSTEMD / "flowtap-recorder.service"
 WEB = SYSTEMD / "flowtap-web.service"
+ALERTS = SYSTEMD / "flowtap-alerts.service"
 
 
 # --- verify and security ---------------------------------------------------------------------
@@ -108,12 +109,14 @@ def exposure(unit: Path) -> float:
 
 
 def test_security_exposure_levels():
-    """systemd-analyze security --offline: web at most 2.5, recorder at most 4.0 (lower is safer)."""
-    web, recorder = exposure(WEB), exposure(RECORDER)
+    """systemd-analyze security --offline: web at most 2.5, recorder at most 4.0, alert follower at
+    most 1.0 (lower is safer)."""
+    web, recorder, alerts = exposure(WEB), exposure(RECORDER), exposure(ALERTS)
     print(f"\nsystemd-analyze security --offline=yes: flowtap-web.service {web}, "
-          f"flowtap-recorder.service {recorder}")
+          f"flowtap-recorder.service {recorder}, flowtap-alerts.service {alerts}")
     assert web <= WEB_MAX, f"flowtap-web.service exposure {web} > {WEB_MAX}"
     assert recorder <= RECORDER_MAX, f"flowtap-recorder.service exposure {recorder} > {RECORDER_MAX}"
+    assert alerts <= ALERTS_MAX, f"flowtap-alerts.service exposure {alerts} > {ALERTS_MAX}"
 
 
 # --- the hardening keys (STYLE.md "systemd and image") -----------------------------------------
@@ -154,6 +157,28 @@ def test_web_hardening_keys():
         assert one(w, key) == want, key
 
 
+def test_alerts_hardening_keys():
+    """The alert follower: no capabilities, no network, writes only the archive dir and its state."""
+    a = ALERTS
+    assert one(a, "Type") == "notify"
+    assert one(a, "WatchdogSec") == "30s"
+    assert one(a, "Restart") == "always"
+    assert one(a, "User") == "flowtap" and one(a, "Group") == "flowtap"
+    assert one(a, "ExecStart") == f"{VENV_FLOWTAP} alerts follow -c /etc/flowtap/flowtap.toml"
+    assert one(a, "CapabilityBoundingSet") == "" and one(a, "AmbientCapabilities") == ""
+    assert one(a, "RestrictAddressFamilies").split() == ["AF_UNIX"]
+    assert one(a, "ReadWritePaths").lstrip("-") == config_mod.Config().archive.dir
+    assert one(a, "StateDirectory") == "flowtap/alerts"
+    assert config_mod.Config().alerts.state_path(config_mod.Config().archive.dir) == \
+        Path("/var/lib/flowtap/alerts/follow.json")
+    for key, want in {"ProtectSystem": "strict", "NoNewPrivileges": "yes", "PrivateNetwork": "yes",
+                      "MemoryDenyWriteExecute": "yes", "PrivateUsers": "yes", "ProtectHome": "yes",
+                      "ProtectClock": "yes", "PrivateDevices": "yes", "NotifyAccess": "main",
+                      "SystemCallArchitectures": "native", "SystemCallErrorNumber": "EPERM"}.items():
+        assert one(a, key) == want, key
+    assert values(a, "SystemCallFilter")[0] == "@system-service"
+
+
 def test_directives_are_sorted_within_sections():
     for path in [*UNITS, *NETWORK, SYSTEMD / "system.conf.d" / "flowtap-watchdog.conf"]:
         sections: dict[str, list[str]] = {}
@@ -167,7 +192,8 @@ COMMON = ("AmbientCapabilities", "CapabilityBoundingSet", "MemoryDenyWriteExecut
           "ProtectSystem", "RestrictAddressFamilies", "StateDirectory", "SystemCallErrorNumber",
           "SystemCallFilter", "UMask")
 NON_OBVIOUS = {RECORDER: COMMON + ("IPAddressDeny", "ProtectClock", "RuntimeDirectory", "WatchdogSec"),
-               WEB: COMMON + ("ReadOnlyPaths", "ReadWritePaths")}
+               WEB: COMMON + ("ReadOnlyPaths", "ReadWritePaths"),
+               ALERTS: COMMON + ("PrivateNetwork", "ReadWritePaths", "SupplementaryGroups", "WatchdogSec")}
 
 
 def test_non_obvious_directives_are_commented():
@@ -237,7 +263,7 @@ def test_sysusers_and_tmpfiles_create_users_and_directories(tmp_path):
                    capture_output=True, timeout=60)
     users = {line.split(":")[0]: line.split(":") for line in (root / "etc/passwd").read_text().splitlines()}
     groups = {line.split(":")[0]: line.split(":") for line in (root / "etc/group").read_text().splitlines()}
-    for unit in (RECORDER, WEB):
+    for unit in (RECORDER, WEB, ALERTS):
         assert one(unit, "User") in users and one(unit, "Group") in groups
     assert "flowtap-web" in groups["flowtap"][3].split(","), "flowtap-web must read the archives"
     if os.geteuid() != 0:

@@ -370,6 +370,8 @@ SEED_CONFIGS = [
     "quota_bytes = 0\nmin_free_percent = 15.0\nmax_age = 0\ncommit_interval = 5.0\n",
     "[web]\nlisten = \"127.0.0.1:8080\"\n",
     "[export]\ncollectors = [\"ipfix+udp://127.0.0.1:4739\"]\nuniflow = true\n",
+    "[alerts]\nfiles = [\"/var/log/suricata/eve.json\"]\nformat = \"eve\"\n"
+    "state_file = \"/var/lib/flowtap/alerts/follow.json\"\npoll_interval = 0.5\nbatch = 1000\n",
     "[flows]\ntimeout_tcp = \"soon\"\n",
     "[flows]\nbogus = 1\n",
     "[archive]\ncommit_interval = 0.05\n",

@@ -1,11 +1,13 @@
 """The admin page in a real headless Chromium against a real recorder on a bridge in namespaces:
 setup token → password → login → live dashboard → config change reloads the recorder → search →
-download. Screenshots go to docs/screenshots/ with FLOWTAP_SCREENSHOTS=1 (else a temporary folder).
+IDS alerts on the recorded sessions (list, detail, around view, its CSV) → download. Screenshots
+go to docs/screenshots/ with FLOWTAP_SCREENSHOTS=1 (else a temporary folder).
 
 Needs root (namespaces), Debian's ``chromium`` and Python's ``playwright``; without them it fails.
 """
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 import re
@@ -113,6 +115,87 @@ def sensor(tmp_path):
                 log.close()
 
 
+def import_alerts(archive_dir: Path) -> dict:
+    """Alerts on sessions the recorder wrote (an HTTP transfer and a DNS query of the demo), imported
+    beside its archives as `flowtap alerts import` does; returns the HTTP session."""
+    from appliance import alerts, filter as flt, query
+    from appliance.alert_types import Alert
+
+    def done(expr: str) -> dict | None:
+        recs = [r for r in query.read_records(archive_dir, flt.parse(expr)) if r["cause"] != "Status"]
+        return recs[len(recs) // 2] if recs else None
+    http = wait_for(lambda: done("tcp and dst port 8080"), 20, "a recorded HTTP session")
+    dns = wait_for(lambda: done("udp and dst port 5353"), 20, "a recorded DNS session")
+    raw = iter(range(1000))
+
+    def alert(rec: dict, sid: int, msg: str, priority: int, **kw) -> Alert:
+        return Alert(time=rec["stime"] + 0.01, gid=1, sid=sid, rev=2, msg=msg, proto=rec["proto"],
+                     saddr=rec["saddr"], sport=rec["sport"], daddr=rec["daddr"], dport=rec["dport"],
+                     format="eve", raw=f"browser test alert {next(raw)}", priority=priority, **kw)
+    result = alerts.import_alerts(archive_dir, [
+        alert(http, 2100498, "<script>alert(1)</script> GPL ATTACK_RESPONSE id check returned root", 1,
+              classification="Potentially Bad Traffic", community_id=http["community_id"],
+              app_proto="http", action="allowed"),
+        alert(http, 2013504, "ET POLICY GNU/Linux APT User-Agent Outbound", 2,
+              classification="Not Suspicious Traffic"),
+        alert(dns, 2027863, "ET INFO Observed DNS Query to .pw TLD", 3,
+              classification="Potentially Bad Traffic")])
+    assert result.imported == 3 and result.linked == 3, result
+    return http
+
+
+def alerts_in_browser(page, base: str, paths: dict, shots: Path) -> None:
+    """Alerts imported for recorded sessions: the Alerts page lists them, the detail shows the
+    linked session, the around view its neighbours and their CSV; messages stay text."""
+    from appliance import archive
+
+    http = import_alerts(paths["data"] / "archive")
+    page.click("nav >> text=Alerts")
+    page.wait_for_url(re.compile(r".*/alerts$"))
+    assert page.text_content("#alerts-total").strip() == "3 alerts"
+    rows = page.locator("table.alerts tbody tr")
+    assert rows.count() == 3
+    messages = page.locator("table.alerts td.msg").all_text_contents()
+    assert "<script>alert(1)</script> GPL ATTACK_RESPONSE id check returned root" in messages
+    assert page.locator("table.signatures tbody tr").count() == 3
+    page.screenshot(path=str(shots / "alerts.png"), full_page=True)
+
+    # narrow to one signature through its count, then open the alert
+    page.locator("table.signatures a", has_text="1:2100498:2").click()
+    page.wait_for_url(re.compile(r".*sid=2100498.*"))
+    assert page.locator("table.alerts tbody tr").count() == 1
+    page.locator("table.alerts a", has_text="details").click()
+    page.wait_for_url(re.compile(r".*/alerts/[0-9a-f]{16}$"))
+    assert page.text_content("h1 .msg").startswith("<script>alert(1)</script>")
+    assert http["community_id"] and page.text_content("#community-id") == http["community_id"]
+    linked = page.locator("#linked-sessions tbody tr").first.locator("td").all_text_contents()
+    assert linked[2] == "tcp" and linked[4] == str(http["sport"]) and linked[7] == "8080"
+    page.screenshot(path=str(shots / "alert.png"), full_page=True)
+
+    # the around view: the linked session is marked; its badge counts its two alerts
+    page.click("#around-link")
+    page.wait_for_url(re.compile(r".*/around\?s=900$"))
+    marked = page.locator("table.sessions tr.linked")
+    assert marked.count() >= 1
+    assert marked.first.locator("a.badge").text_content() == "2"
+    assert page.locator("table.sessions tbody tr").count() > 1
+    page.screenshot(path=str(shots / "alert-around.png"), full_page=True)
+    with page.expect_download() as info:
+        page.click("#around-csv")
+    saved = paths["tmp"] / "around.csv"
+    info.value.save_as(saved)
+    with saved.open(newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == list(archive.FLOW_NAMES) and len(table) > 2
+    names = table[0]
+    assert any(row[names.index("sport")] == str(http["sport"]) and row[names.index("dport")] == "8080"
+               for row in table[1:])
+
+    # the dashboard counts the last hour's alerts
+    page.click("nav >> text=Dashboard")
+    assert page.text_content("#alerts-hour") == "3 alerts"
+
+
 def packets(page) -> int:
     return int(page.text_content("#packets").replace(",", ""))
 
@@ -197,6 +280,8 @@ def test_setup_login_dashboard_config_search_download(sensor, shots):
             page.fill("input[name=filter]", "tcp and prt 8080")
             page.click("main button[type=submit]")
             assert "column 9" in page.text_content("#search-error")
+
+            alerts_in_browser(page, base, paths, shots)
 
             # live sessions
             page.click("nav >> text=Live")

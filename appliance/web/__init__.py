@@ -1,7 +1,8 @@
 """The admin web page: ``create_app`` (the Flask application factory) and what every page shares.
 
 One blueprint per area: ``auth`` (setup, login, password), ``dashboard`` (status, live sessions,
-/metrics, /healthz, /api/status), ``search``, ``archives``, ``settings`` (the config form),
+/metrics, /healthz, /api/status), ``search``, ``alerts`` (IDS alerts and the sessions they fired
+on), ``archives``, ``settings`` (the config form),
 ``tokens`` (API tokens) and ``stream`` (the live record stream of ``flowtap ra -S``).
 Everything it reads it opens read-only; the only files it writes are its own under the instance
 path (secret key, setup token, password hash, API token hashes) and the config file when the form
@@ -74,11 +75,12 @@ def create_app(config: Config | None = None, config_path: str | os.PathLike[str]
     )
     app.config.update(settings or {})
 
-    from . import archives, auth, dashboard, search, settings as settings_bp, stream, tokens
+    from . import alerts, archives, auth, dashboard, search, settings as settings_bp, stream, tokens
     auth.init_app(app)
     tokens.init_app(app)
     stream.init_app(app)
-    for bp in (auth.bp, dashboard.bp, search.bp, archives.bp, settings_bp.bp, tokens.bp, stream.bp):
+    for bp in (auth.bp, dashboard.bp, search.bp, alerts.bp, archives.bp, settings_bp.bp, tokens.bp,
+               stream.bp):
         app.register_blueprint(bp)
 
     @app.after_request

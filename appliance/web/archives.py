@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +139,20 @@ def recent_sessions(current: str | None, limit: int = 50) -> tuple[list[dict[str
 
 
 def keyset_rows(path: Path, seconds: float, where: str = "1", params: Iterable[Any] = (),
-                by_time: bool = False) -> Iterator[tuple]:
+                by_time: bool = False,
+                prepare: Callable[[sqlite3.Connection], None] | None = None) -> Iterator[tuple]:
     """Every flows row of one archive matching ``where``, read in short queries of PAGE rows.
 
     Rows present when reading starts are read (the table is append-only, so this is a consistent
-    snapshot); ordered by rowid, or by (stime, rowid) with ``by_time``.
+    snapshot); ordered by rowid, or by (stime, rowid) with ``by_time``. ``prepare`` runs on the
+    connection first (the temporary tables a WHERE clause reads: ``search.alert_links``).
     """
     conn = connect(path, seconds)
     conn.execute("PRAGMA cache_size = -256")      # a sequential read needs little cache (KiB)
     params = list(params)
     try:
+        if prepare is not None:
+            prepare(conn)
         top = query.last_rowid(conn) or 0
         last: tuple = (float("-inf"), 0) if by_time else (0,)
         while True:

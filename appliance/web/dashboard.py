@@ -1,4 +1,5 @@
-"""The dashboard, live sessions, /api/status, /metrics (Prometheus) and /healthz."""
+"""The dashboard (with the alerts of the last hour), live sessions, /api/status, /metrics
+(Prometheus) and /healthz."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template
 from markupsafe import Markup, escape
 
 from .. import __version__
+from . import alerts as _alerts_page
 from . import archives as _archives
 
 bp = Blueprint("dashboard", __name__)
@@ -128,8 +130,9 @@ def _clock_filter(t):
 
 @bp.route("/")
 def index():
-    """Recording state, ports, rates, drops, sessions, disk and retention, clock, version."""
-    return render_template("dashboard.html", **_view())
+    """Recording state, ports, rates, drops, sessions, disk and retention, clock, version; the
+    alerts of the last hour (once per load: the live panel alone refreshes)."""
+    return render_template("dashboard.html", alerts=_alerts_page.dashboard_summary(), **_view())
 
 
 @bp.route("/dashboard/panel")

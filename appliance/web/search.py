@@ -6,12 +6,13 @@ from __future__ import annotations
 import heapq
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, abort, current_app, render_template, request
 
+from .. import alerts as _alerts
 from .. import archive as _archive
 from .. import fields as _fields
 from .. import filter as _filter
@@ -48,12 +49,20 @@ def selection(args: Any) -> Any:
     except _filter.FilterError as e:
         raise SearchError("filter", e.message, e.position) from None
     if span:
-        try:
-            rng = _filter.parse_time_range(span)
-        except _filter.FilterError as e:
-            raise SearchError("t", e.message, e.position) from None
+        rng = time_range(span)
         ast = rng if ast is None else _filter.And(rng, ast)
     return ast
+
+
+def time_range(span: str, now: float | None = None) -> Any:
+    """``filter.parse_time_range`` for a form field.
+
+    :raises SearchError: field ``t``, with the column of the bad part (or 1: a time out of range).
+    """
+    try:
+        return _filter.parse_time_range(span, now)
+    except _filter.FilterError as e:
+        raise SearchError("t", e.message, e.position) from None
 
 
 def plans(ast: Any, deadline: float) -> Iterator[tuple[Path, Any]]:
@@ -147,6 +156,18 @@ def _closing(items: Iterator[tuple[Path, Any]]) -> Iterator[tuple[Path, Any]]:
         yield path, fq
 
 
+def linked_alerts(rows: list[dict[str, Any]]) -> tuple[list[list[dict[str, Any]]] | None, str | None]:
+    """The alerts linked to each of a page's session rows, or (None, why not)."""
+    if not rows:
+        return [], None
+    try:
+        return _alerts.alerts_for_records(current_app.config["ARCHIVE_DIR"], rows), None
+    except query.QueryTimeout:
+        return None, "the alerts of these sessions could not be linked in time"
+    except _alerts.AlertStoreError as e:
+        return None, f"the alerts of these sessions could not be read ({e})"
+
+
 @bp.app_template_filter("proto")
 def _proto_filter(rec: dict) -> str:
     return _fields.proto_name(rec.get("proto"), rec.get("saddr"))
@@ -168,12 +189,14 @@ def index():
     ctx: dict[str, Any] = {"t": args.get("t", DEFAULT_RANGE), "filter": args.get("filter", ""),
                            "sort": sort, "order": "desc" if desc else "asc", "page": pageno,
                            "rows": [], "more": False, "error": None, "searched": searched,
-                           "shown": SHOWN, "sortable": SORTABLE, "damaged": []}
+                           "shown": SHOWN, "sortable": SORTABLE, "damaged": [], "found": None,
+                           "linked_error": None}
     status = 200
     if searched:
         try:
             ctx["rows"], ctx["more"] = page(selection(args), sort, desc, (pageno - 1) * size, size,
                                             ctx["damaged"])
+            ctx["found"], ctx["linked_error"] = linked_alerts(ctx["rows"])
         except SearchError as e:
             ctx["error"], status = e, 400
         except query.QueryTimeout:
@@ -193,6 +216,22 @@ def download(fmt: str):
         ast = selection(request.args)
     except SearchError as e:
         abort(400, f"{e.field}: {e.message}" + (f" (column {e.position})" if e.position else ""))
+    return download_result(ast, fmt, f"flowtap-search.{fmt}")
+
+
+def alert_links(ast: Any, path: Path) -> Callable[[sqlite3.Connection], None] | None:
+    """For a filter that names alerts (``alert``, ``sid N``): what fills an archive connection's
+    ``temp.ft_linked`` as ``query.plan_file`` does for the page (a download reads each archive on
+    a connection of its own); None for any other filter."""
+    if not query.uses_alerts(ast):
+        return None
+
+    return lambda conn: query.prepare_alert_links(conn, path)
+
+
+def download_result(ast: Any, fmt: str, filename: str):
+    """Every record matching ``ast``, oldest first, as a streamed CSV or JSON-lines attachment
+    (Argus field names; what the search page and the alerts' around view download)."""
     seconds = current_app.config["DOWNLOAD_TIME_LIMIT"]
     try:
         todo = [(path, fq.where) for path, fq in _closing(plans(ast, time.monotonic() + seconds))]
@@ -202,9 +241,10 @@ def download(fmt: str):
     def rows() -> Iterator[tuple]:
         for path, (where, params) in todo:
             try:
-                yield from _archives.keyset_rows(path, seconds, where, params, by_time=True)
+                yield from _archives.keyset_rows(path, seconds, where, params, by_time=True,
+                                                 prepare=alert_links(ast, path))
             except (_archive.ArchiveError, FileNotFoundError):
                 continue      # deleted by retention meanwhile
     body = _archives.csv_chunks(rows()) if fmt == "csv" else _archives.jsonl_chunks(rows())
-    return _archives.download_response(body, f"flowtap-search.{fmt}",
+    return _archives.download_response(body, filename,
                                        "text/csv" if fmt == "csv" else "application/x-ndjson")

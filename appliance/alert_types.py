@@ -78,7 +78,7 @@ def proto_number(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
         return value
     text = str(value).strip().lower()
-    if text.isdigit() and int(text) <= 255:
+    if text.isascii() and text.isdigit() and int(text) <= 255:
         return int(text)
     if text in PROTO_NUMBERS:
         return PROTO_NUMBERS[text]

@@ -31,8 +31,10 @@ import functools
 import itertools
 import math
 import os
+import queue
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -60,8 +62,9 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("action", "TEXT"), ("format", "TEXT"), ("imported_at", "REAL"),
 )
 ALERT_NAMES = tuple(n for n, _ in ALERT_COLUMNS)
-ALERT_INDEXES = (("alerts_time", "alerts(time)"), ("alerts_saddr", "alerts(saddr, time)"),
-                 ("alerts_daddr", "alerts(daddr, time)"), ("alerts_sid", "alerts(sid, time)"))
+# Every read is by time (a range, an hour's alerts for a link) or by id (the rowid); host, port and
+# sid tests run on those rows, so no other index is paid for on import.
+ALERT_INDEXES = (("alerts_time", "alerts(time)"),)
 
 # The link rule between an alert ``a`` and a session record ``f``: the only place it is written.
 # ``reach`` widens the time window, to find the records of a long session around an alert.
@@ -225,7 +228,7 @@ def import_alerts(directory: str | os.PathLike[str], alerts: Iterable[Alert],
             result.unlinked += len(inserted) - linked
         pending.clear()
 
-    for a in alerts:
+    for a in _read_ahead(alerts):
         result.read += 1
         if not 0 <= a.time < LAST_TIME:          # also NaN
             result.rejected += 1
@@ -242,29 +245,68 @@ def import_alerts(directory: str | os.PathLike[str], alerts: Iterable[Alert],
     return result
 
 
+def _read_ahead(alerts: Iterable[Alert], chunk: int = 2000) -> Iterator[Alert]:
+    """``alerts``, parsed on a thread of their own while this one writes and links: SQLite lets go
+    of the GIL while it works, so parsing (Python) and linking (SQLite) use two cores. An error
+    from the reader comes out here, after the alerts before it."""
+    q: queue.Queue = queue.Queue(maxsize=8)           # at most 8 chunks ahead: memory stays small
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            it = iter(alerts)
+            while not stop.is_set():
+                part = list(itertools.islice(it, chunk))
+                if not part:
+                    break
+                q.put(part)
+        except BaseException as e:                    # handed to the consumer, raised there
+            q.put(e)
+        q.put(None)
+
+    t = threading.Thread(target=produce, name="alert-reader", daemon=True)
+    t.start()
+    try:
+        while (part := q.get()) is not None:
+            if isinstance(part, BaseException):
+                raise part
+            yield from part
+    finally:
+        stop.set()
+        while t.is_alive():                           # unblock a producer waiting on a full queue
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        t.join()
+
+
 def _write(directory: Path, pending: dict[float, list[tuple]], result: ImportResult) -> list[tuple]:
     """One transaction per hour file; the rows actually inserted (not already there)."""
     inserted: list[tuple] = []
     marks = ", ".join("?" * len(ALERT_NAMES))
     for hour, rows in sorted(pending.items()):
         path = directory / file_name(hour)
+        new = list({row[0]: row for row in rows}.values())        # a line twice in one batch
         try:
             conn = _open_write(path)
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                before = conn.total_changes
-                for row in rows:
-                    cur = conn.execute(f"INSERT OR IGNORE INTO alerts VALUES ({marks})", row)
-                    if cur.rowcount == 1:
-                        inserted.append(row)
+                there: set[int] = set()
+                for i in range(0, len(new), 500):
+                    ids = [row[0] for row in new[i:i + 500]]
+                    there.update(x for (x,) in conn.execute(
+                        f"SELECT id FROM alerts WHERE id IN ({', '.join('?' * len(ids))})", ids))
+                new = [row for row in new if row[0] not in there]
+                conn.executemany(f"INSERT INTO alerts VALUES ({marks})", new)
                 conn.execute("COMMIT")
-                added = conn.total_changes - before
             finally:
                 conn.close()
         except sqlite3.Error as e:
             raise AlertStoreError(f"{path.name}: cannot write alerts ({e})") from None
-        result.imported += added
-        result.duplicates += len(rows) - added
+        inserted += new
+        result.imported += len(new)
+        result.duplicates += len(rows) - len(new)
     return inserted
 
 
@@ -349,15 +391,13 @@ def count_linked(directory: Path, rows: Sequence[tuple]) -> int:
                 if r[0] not in linked and span.first - WINDOW <= r[1] <= span.last + WINDOW]
         if not mine:
             continue
-        conn = query.connect(span.path)
+        # EXISTS stops at an alert's first record: a count needs no more.
+        sql = (f"SELECT a.id FROM temp.a AS a WHERE EXISTS (SELECT 1 FROM {query.source()} AS f"
+               f" WHERE {LINK_RULE} AND f.stime >= a.time - {WINDOW} - :maxdur)")
         try:
-            _load_alerts(conn, mine)
-            linked.update(x for (x,) in conn.execute(_direct_sql("DISTINCT a.id"),
-                                                     {"maxdur": span.maxdur}))
-        except sqlite3.Error:
-            continue
-        finally:
-            conn.close()
+            linked.update(x for (x,) in _query(span, None, sql, {"maxdur": span.maxdur}, rows=mine))
+        except AlertStoreError:
+            continue              # a damaged archive links nothing here; ra names it
     return len(linked)
 
 
@@ -368,33 +408,116 @@ def _link_row(a: dict[str, Any]) -> tuple:
 
 def sessions_of(directory: str | os.PathLike[str], alert: dict[str, Any],
                 deadline: float | None = None) -> list[dict[str, Any]]:
-    """The session records ``alert`` links to, oldest first: those the link rule finds, and the
-    other records of their sessions (``_chain``).
+    """The session records ``alert`` links to, oldest first (``sessions_for`` of one alert).
 
     :raises query.QueryTimeout: past ``deadline`` (a ``time.monotonic()`` value).
     """
+    return sessions_for(directory, [alert], deadline)[alert["id"]]
+
+
+def sessions_for(directory: str | os.PathLike[str], alerts: Sequence[dict[str, Any]],
+                 deadline: float | None = None) -> dict[str, list[dict[str, Any]]]:
+    """For each alert (by id), the session records it links to, oldest first: those the link rule
+    finds, and the other records of their sessions. In bulk: one join per archive for the rule,
+    one for the records of the same keys around them; a session that goes on beyond those is
+    followed record by record (``_chain``).
+
+    :raises query.QueryTimeout: past ``deadline``.
+    """
     directory = store_dir(directory)
-    t = alert["time"]
-    found: dict[tuple[str, int], dict[str, Any]] = {}
-    for span in _archives(directory, t - WINDOW, t + WINDOW):
-        conn = query.connect(span.path, deadline)
-        try:
-            _load_alerts(conn, [_link_row(alert)])
-            for row in conn.execute(_direct_sql(f"f.rid, {_F_SELECT}"), {"maxdur": span.maxdur}):
-                found[(span.path.name, row[0])] = _record(span.path.name, row)
-        except sqlite3.OperationalError as e:
-            if "interrupted" in str(e):
-                raise query.QueryTimeout("the query ran past its time limit") from None
-            raise AlertStoreError(f"{span.path.name}: {e}") from None
-        finally:
-            conn.close()
-    for r in list(found.values()):
-        for c in _chain(directory, r, deadline):
-            found.setdefault((c["_file"], c["_rid"]), c)
-    out = sorted(found.values(), key=lambda r: (r["stime"], r["_file"], r["_rid"]))
-    for r in out:
-        del r["_file"], r["_rid"]
-    return out
+    out: dict[str, dict[tuple[str, int], dict[str, Any]]] = {a["id"]: {} for a in alerts}
+    if not alerts:
+        return {}
+    by_id = {_signed(a["id"]): a["id"] for a in alerts}
+    times = [a["time"] for a in alerts]
+    for span in _archives(directory, min(times) - WINDOW, max(times) + WINDOW):
+        mine = [_link_row(a) for a in alerts
+                if span.first - WINDOW <= a["time"] <= span.last + WINDOW]
+        if not mine:
+            continue
+        for row in _query(span, deadline, _direct_sql(f"a.id, f.rid, {_F_SELECT}"),
+                          {"maxdur": span.maxdur}, rows=mine):
+            r = _record(span.path.name, row[1:])
+            out[by_id[row[0]]][(r["_file"], r["_rid"])] = r
+    _add_sessions(directory, out, deadline)
+    result = {}
+    for alert_id, found in out.items():
+        recs = sorted(found.values(), key=lambda r: (r["stime"], r["_file"], r["_rid"]))
+        result[alert_id] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in recs]
+    return result
+
+
+def _query(span: _Span, deadline: float | None, sql: str, params: dict[str, Any],
+           rows: list[tuple] | None = None, keys: list[tuple] | None = None) -> list[tuple]:
+    """Run ``sql`` on an archive with ``temp.a`` (alert rows) or ``temp.k`` (session keys)."""
+    conn = query.connect(span.path, deadline)
+    try:
+        if rows is not None:
+            _load_alerts(conn, rows)
+        if keys is not None:
+            conn.execute("CREATE TEMP TABLE k (srcid, proto, saddr, sport, daddr, dport, lo, hi)")
+            conn.executemany("INSERT INTO temp.k VALUES (?, ?, ?, ?, ?, ?, ?, ?)", keys)
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as e:
+        if "interrupted" in str(e):
+            raise query.QueryTimeout("the query ran past its time limit") from None
+        raise AlertStoreError(f"{span.path.name}: {e}") from None
+    finally:
+        conn.close()
+
+
+def _add_sessions(directory: Path, out: dict[str, dict[tuple[str, int], dict[str, Any]]],
+                  deadline: float | None) -> None:
+    """Add to each alert's records the other records of their sessions: every record of the same
+    key within CHAIN_STEP around them is read in one join per archive, chains are cut after each
+    final (non-Status) record, and a chain that reaches the edge of what was read is followed on
+    by ``_chain``."""
+    direct = [r for found in out.values() for r in found.values()]
+    if not direct:
+        return
+    keys = {}
+    for r in direct:
+        k = _key(r)
+        lo, hi = keys.get(k, (math.inf, -math.inf))
+        keys[k] = (min(lo, r["stime"] - CHAIN_STEP), max(hi, r["ltime"] + CHAIN_STEP))
+    lo = min(v[0] for v in keys.values())
+    hi = max(v[1] for v in keys.values())
+    same: dict[tuple, list[dict[str, Any]]] = {}
+    sql = (f"SELECT f.rid, {_F_SELECT} FROM temp.k AS k JOIN {query.source()} AS f"
+           # By the source address (never the busy server's address or port, see link_rule).
+           " ON f.saddr = k.saddr AND f.stime >= k.lo AND f.stime <= k.hi AND +f.daddr = k.daddr"
+           " AND f.srcid IS k.srcid AND f.proto IS k.proto AND f.sport IS k.sport AND +f.dport IS k.dport")
+    for span in _archives(directory, lo, hi):
+        for row in _query(span, deadline, sql, {}, keys=[(*k, a, b) for k, (a, b) in keys.items()]):
+            r = _record(span.path.name, row)
+            same.setdefault(_key(r), []).append(r)
+    chain_of: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for k, recs in same.items():
+        recs.sort(key=lambda r: (r["stime"], r["_file"], r["_rid"]))
+        run: list[dict[str, Any]] = []
+        for r in recs:
+            run.append(r)
+            if r["cause"] != "Status":
+                for x in run:
+                    chain_of[(x["_file"], x["_rid"])] = run
+                run = []
+        for x in run:                             # ends in a Status record: goes on beyond
+            chain_of[(x["_file"], x["_rid"])] = run
+    for found in out.values():
+        for r in list(found.values()):
+            run = chain_of.get((r["_file"], r["_rid"]), [r])
+            k = _key(r)
+            edge_lo, edge_hi = keys[k]
+            # Where _chain would look beyond what was read, it looks (exactly the same chain).
+            if run[0]["stime"] - CHAIN_STEP < edge_lo or (
+                    run[-1]["cause"] == "Status" and run[-1]["ltime"] + CHAIN_STEP > edge_hi):
+                run = [r] + _chain(directory, r, deadline)
+            for x in run:
+                found.setdefault((x["_file"], x["_rid"]), x)
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return (r["srcid"], r["proto"], r["saddr"], r["sport"], r["daddr"], r["dport"])
 
 
 _F_SELECT = ", ".join(f"f.{k}" for k in query.RECORD_ORDER)
@@ -445,7 +568,7 @@ def _neighbour(directory: Path, key: tuple, r: dict[str, Any], step: int,
                    "(f.stime > :t OR (f.stime = :t AND (:file < :here OR (:file = :here AND f.rid > :rid))))")
             sql = (f"SELECT f.rid, {_F_SELECT} FROM {query.source()} AS f"
                    f" WHERE f.srcid IS :k0 AND f.proto IS :k1 AND f.saddr IS :k2 AND f.sport IS :k3"
-                   f" AND f.daddr IS :k4 AND f.dport IS :k5 AND f.stime >= :lo AND f.stime <= :hi"
+                   f" AND +f.daddr IS :k4 AND +f.dport IS :k5 AND f.stime >= :lo AND f.stime <= :hi"
                    f" AND {tie} ORDER BY f.stime {'DESC' if step < 0 else ''},"
                    f" f.rid {'DESC' if step < 0 else ''} LIMIT 1")
             row = conn.execute(sql, {"k0": key[0], "k1": key[1], "k2": key[2], "k3": key[3],

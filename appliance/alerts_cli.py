@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import heapq
+import itertools
 import json
 import re
 import sys
@@ -201,9 +202,9 @@ def list_command(paths: tuple[str, ...], time_range: str | None, numeric: int,
         delimited.writerow([ALERT_FIELDS[f][0] for f in fields])
     elif not as_json:
         click.echo(" ".join(_cell(ALERT_FIELDS[f][0], f) for f in fields).rstrip())
+    want = as_json or "sessions" in fields
     try:
-        for store, a in merged:
-            sessions = _alerts.sessions_of(store, a) if as_json or "sessions" in fields else []
+        for store, a, sessions in _with_sessions(merged, want):
             if as_json:
                 click.echo(json.dumps(_json(a, sessions), separators=(",", ":")))
             else:
@@ -214,6 +215,22 @@ def list_command(paths: tuple[str, ...], time_range: str | None, numeric: int,
                     click.echo(" ".join(_cell(v, f) for v, f in zip(values, fields)).rstrip())
     except _alerts.AlertStoreError as e:
         _fail(str(e), 1)
+
+
+CHUNK = 2000          # alerts whose sessions are looked up together (sessions_for)
+
+
+def _with_sessions(merged, want: bool):
+    """(store, alert, its linked records) in the merged order, looked up a chunk at a time."""
+    from . import alerts as _alerts
+
+    for chunk in iter(lambda: list(itertools.islice(merged, CHUNK)), []):
+        found: dict = {}
+        if want:
+            for store in {s for s, _ in chunk}:
+                found.update(_alerts.sessions_for(store, [a for s, a in chunk if s == store]))
+        for store, a in chunk:
+            yield store, a, found.get(a["id"], [])
 
 
 class _Echo:

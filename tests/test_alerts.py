@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,68 @@ def test_hostile_message_cannot_drive_the_terminal(one_session, runner):
 def test_times_that_name_no_file_are_refused_not_fatal(tmp_path):
     r = alerts.import_alerts(tmp_path, [alert(-5.0), alert(1e300), alert(float("nan")), alert(T0)])
     assert (r.read, r.imported, r.rejected) == (4, 1, 3)
+
+
+# --- the whole pivot, as the README shows it ----------------------------------------------------
+
+FLOWTAP = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "flowtap")
+FIXTURES = Path(__file__).resolve().parent / "alerts"
+
+
+def flowtap(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([FLOWTAP, *args], capture_output=True, text=True, check=check)
+
+
+def unified2_of_fast_fixture() -> bytes:
+    """The dpkt-http alerts as Snort 2 would have logged them in unified2 (the fast fixture's
+    alerts, through test_alert_formats' record builder, written from the Snort 2 manual)."""
+    from test_alert_formats import u2_event
+    from appliance import alert_formats as af
+
+    out = b""
+    with open(FIXTURES / "dpkt-http.fast", "rb") as f:
+        fast = list(af.read(f, year=2004))
+    for i, a in enumerate(fast):
+        sec, usec = divmod(round(a.time * 1e6), 1_000_000)
+        out += u2_event(7, 1, i + 1, sec, usec, a.sid, a.gid, a.rev, 3, a.priority or 3,
+                        a.saddr, a.daddr, a.sport or 0, a.dport or 0, a.proto)
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["dpkt-http.eve.json", "dpkt-http.fast", "dpkt-http.snort3.json",
+                                     "dpkt-http.snort3.csv", "unified2"])
+def test_each_format_links_every_alert_whose_session_exists(tmp_path, pcaps_dir, fixture):
+    """Done when 2: a real capture recorded by `flowtap record`, a hand-written alert file of each
+    format imported by `flowtap alerts import`, listed by `flowtap alerts -M json`: the four alerts
+    on sessions of the capture link (the session each names), the one on 192.0.2.10 does not."""
+    flowtap("record", "-q", "-r", str(pcaps_dir / "basic/dpkt-http.pcap"), "-d", str(tmp_path / "data"))
+    store = tmp_path / "data" / "archive"
+    path = FIXTURES / fixture
+    if fixture == "unified2":
+        path = tmp_path / "snort.u2"
+        path.write_bytes(unified2_of_fast_fixture())
+    imp = flowtap("alerts", "import", "-d", str(tmp_path / "data"), str(path))
+    assert imp.stdout.startswith("alerts read 5 imported 5 duplicates 0 linked 4 unlinked 1 bad 0"), imp
+    if fixture in ("dpkt-http.fast", "dpkt-http.snort3.csv", "unified2"):
+        assert "year 2004 (archives' span)" in imp.stdout or fixture == "unified2"
+    rows = [json.loads(x) for x in flowtap("alerts", "-r", str(store), "-M", "json").stdout.splitlines()]
+    assert len(rows) == 5
+    for row in rows:
+        if row["saddr"] == "192.0.2.10":
+            assert row["sessions"] == []
+            continue
+        assert row["sessions"], row
+        for s in row["sessions"]:
+            ends = {(s["saddr"], s["sport"]), (s["daddr"], s["dport"])}
+            assert ends == {(row["saddr"], row["sport"]), (row["daddr"], row["dport"])}
+            assert s["stime"] - 30 <= row["time"] <= s["ltime"] + 30
+    again = flowtap("alerts", "import", "-d", str(store), str(path))
+    assert " imported 0 duplicates 5 " in again.stdout
+
+
+def test_import_refuses_a_file_with_no_alert(tmp_path):
+    (tmp_path / "junk.txt").write_text("hello\nworld\n")
+    out = flowtap("alerts", "import", "-d", str(tmp_path), str(tmp_path / "junk.txt"), check=False)
+    assert out.returncode == 2 and "junk.txt" in out.stderr
+    out = flowtap("alerts", "import", "-d", str(tmp_path), str(tmp_path / "missing"), check=False)
+    assert out.returncode == 2 and "missing" in out.stderr

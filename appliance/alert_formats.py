@@ -71,6 +71,8 @@ import time as _time
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Callable
 
+import orjson
+
 from .alert_types import PORT_PROTOS, Alert, AlertError, canonical_address, proto_number
 
 FORMATS = ("eve", "snort3-json", "snort3-csv", "fast", "unified2")
@@ -335,8 +337,8 @@ def _alert(fmt: str, raw: str, t: float, gid: int, sid: int, rev: int, msg: str 
 
 def _json(line: str) -> dict:
     try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError) as e:            # RecursionError: nesting too deep
+        obj = orjson.loads(line)
+    except (ValueError, RecursionError) as e:            # JSONDecodeError is a ValueError
         raise AlertError(f"not JSON ({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise AlertError("JSON but not an object")

@@ -734,24 +734,71 @@ def list_alerts(directory: str | os.PathLike[str], ast: Any = None, lo: float | 
     return list(itertools.islice(it, offset, stop))
 
 
+def _time_only_sql(ast: Any) -> tuple[str, list[Any]] | None:
+    """The filter as SQL over ``alerts.time`` when it only bounds time (a ``-t`` range, or none);
+    None when it tests anything else (then Python applies it to each alert)."""
+    parts, params = ["1"], []
+    for node in query.conjuncts(ast):
+        if not (isinstance(node, _filter.Compare) and node.key in ("stime", "ltime")
+                and isinstance(node.value, (int, float)) and node.op in ("gt", "ge", "lt", "le", "eq")):
+            return None
+        parts.append(f"time {_filter.OPS[node.op].replace('==', '=')} ?")
+        params.append(node.value)
+    return " AND ".join(parts), params
+
+
+def _aggregate(directory: str | os.PathLike[str], select: str, ast: Any, lo: float | None,
+               hi: float | None, priority: int | None, deadline: float | None,
+               group: str = "") -> Iterator[tuple]:
+    """``SELECT {select} FROM alerts WHERE (the selection) {group}`` of each hour file (the
+    filter must bound only time: ``_time_only_sql``)."""
+    directory = store_dir(directory)
+    where, params = _select_sql(lo, hi, priority, None)
+    t_where, t_params = _time_only_sql(ast)
+    for path in alert_files(directory, *_time_bounds(lo, hi, ast)):
+        conn = open_readonly(path, deadline)
+        try:
+            yield from conn.execute(f"SELECT {select} FROM alerts WHERE {where} AND {t_where} {group}",
+                                    params + t_params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "interrupted" in str(e):
+                raise query.QueryTimeout("the query ran past its time limit") from None
+            raise AlertStoreError(f"{path.name}: {e}") from None
+        except sqlite3.Error as e:
+            raise AlertStoreError(f"{path.name}: {e}") from None
+        finally:
+            conn.close()
+
+
 def count_alerts(directory: str | os.PathLike[str], ast: Any = None, lo: float | None = None,
                  hi: float | None = None, priority: int | None = None,
                  deadline: float | None = None) -> int:
+    """How many alerts ``iter_alerts`` would give (counted in SQL when the filter bounds only time)."""
+    if _time_only_sql(ast) is not None:
+        return sum(n for (n,) in _aggregate(directory, "count(*)", ast, lo, hi, priority, deadline))
     return sum(1 for _ in iter_alerts(directory, ast, lo, hi, priority, deadline))
 
 
 def signature_counts(directory: str | os.PathLike[str], ast: Any = None, lo: float | None = None,
                      hi: float | None = None, priority: int | None = None, limit: int = 20,
                      deadline: float | None = None) -> list[dict[str, Any]]:
-    """Alerts per signature (gid, sid), most frequent first: gid, sid, rev, msg, priority, count."""
+    """Alerts per signature (gid, sid), most frequent first: gid, sid, rev, msg, priority, count
+    (the highest rev, a message, the most severe priority)."""
+    if _time_only_sql(ast) is not None:
+        rows = _aggregate(directory, "gid, sid, max(rev), max(msg), min(priority), count(*)",
+                          ast, lo, hi, priority, deadline, group="GROUP BY gid, sid")
+    else:
+        rows = ((a["gid"], a["sid"], a["rev"], a["msg"], a["priority"], 1)
+                for a in iter_alerts(directory, ast, lo, hi, priority, deadline))
     counts: dict[tuple[int, int], dict[str, Any]] = {}
-    for a in iter_alerts(directory, ast, lo, hi, priority, deadline):
-        c = counts.setdefault((a["gid"], a["sid"]), {"gid": a["gid"], "sid": a["sid"], "rev": a["rev"],
-                                                     "msg": a["msg"], "priority": a["priority"],
-                                                     "count": 0})
-        c["count"] += 1
-        if a["msg"] and not c["msg"]:
-            c["msg"] = a["msg"]
+    for gid, sid, rev, msg, prio, n in rows:
+        c = counts.setdefault((gid, sid), {"gid": gid, "sid": sid, "rev": rev, "msg": msg,
+                                           "priority": prio, "count": 0})
+        c["count"] += n
+        c["rev"] = max(c["rev"] or 0, rev or 0)
+        c["msg"] = c["msg"] or msg
+        if prio is not None and (c["priority"] is None or prio < c["priority"]):
+            c["priority"] = prio
     return sorted(counts.values(), key=lambda c: (-c["count"], c["gid"], c["sid"]))[:limit]
 
 

@@ -185,7 +185,7 @@ class TimeBounds:
         """Collect the stime/ltime comparisons that every matching record must satisfy."""
         b = {"stime_lo": -math.inf, "stime_hi": math.inf, "ltime_lo": -math.inf,
              "ltime_hi": math.inf}
-        for node in _conjuncts(ast):
+        for node in conjuncts(ast):
             if not (isinstance(node, _filter.Compare) and node.key in ("stime", "ltime")
                     and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)):
                 continue
@@ -222,10 +222,10 @@ def prepare_alert_links(conn: sqlite3.Connection, path: Path, info: dict[str, An
                          max_dur(conn, path, info) + DUR_SLACK)
 
 
-def _conjuncts(ast: Any) -> Iterator[Any]:
+def conjuncts(ast: Any) -> Iterator[Any]:
     if isinstance(ast, _filter.And):
-        yield from _conjuncts(ast.left)
-        yield from _conjuncts(ast.right)
+        yield from conjuncts(ast.left)
+        yield from conjuncts(ast.right)
     elif ast is not None:
         yield ast
 

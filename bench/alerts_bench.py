@@ -59,15 +59,17 @@ def write_alerts(directory: Path, out: Path, n: int) -> None:
     """n EVE alert lines: sessions of the set sampled evenly, and some on no session."""
     rng = random.Random(14)
     files = archive.list_archives(directory)
-    per_file = n // len(files)
     with out.open("w") as f:
-        for path in files:
+        for i_file, path in enumerate(files):
+            per_file = (n * (i_file + 1)) // len(files) - (n * i_file) // len(files)
             with archive.open_readonly(path) as conn:
                 total = conn.execute("SELECT max(rowid) FROM flows").fetchone()[0]
                 step = max(1, total // per_file)
                 rows = conn.execute("SELECT stime, ltime, proto, saddr, sport, daddr, dport, "
                                     "community_id FROM flows WHERE rowid % ? = 0 AND proto IN (6, 17) "
                                     "LIMIT ?", (step, per_file)).fetchall()
+                if len(rows) < per_file:          # every TCP/UDP record of a sparse file, again
+                    rows = (rows * (per_file // max(1, len(rows)) + 1))[:per_file]
             for i, (stime, ltime, proto, sa, sp, da, dp, cid) in enumerate(rows):
                 t = stime + (ltime - stime) * rng.random()
                 if rng.random() < UNLINKED:

@@ -340,3 +340,23 @@ def test_import_refuses_a_file_with_no_alert(tmp_path):
     assert out.returncode == 2 and "junk.txt" in out.stderr
     out = flowtap("alerts", "import", "-d", str(tmp_path), str(tmp_path / "missing"), check=False)
     assert out.returncode == 2 and "missing" in out.stderr
+
+
+def test_counts_in_sql_equal_counts_in_python(one_session):
+    """count_alerts and signature_counts take SQL where the filter bounds only time, Python
+    otherwise: both give the same answers (here the filter `not sid 0` forces Python)."""
+    batch = [alert(T0 + i, sid=100 + i % 3, priority=1 + i % 2, raw=f"x{i}", msg=f"m{i % 3}")
+             for i in range(30)]
+    alerts.import_alerts(one_session, batch)
+    rng = _filter.parse_time_range(f"{T0 + 5}-{T0 + 20}")
+    python = _filter.And(rng, _filter.parse("not sid 0"))
+    for ast in (None, rng):
+        for prio in (None, 1):
+            assert alerts.count_alerts(one_session, ast, priority=prio) == \
+                alerts.count_alerts(one_session, python if ast else _filter.parse("not sid 0"), priority=prio)
+            assert alerts.signature_counts(one_session, ast, priority=prio) == \
+                alerts.signature_counts(one_session, python if ast else _filter.parse("not sid 0"),
+                                        priority=prio)
+    assert alerts.count_alerts(one_session, rng) == 15            # T0+5 .. T0+19: the end is open
+    assert alerts.signature_counts(one_session, limit=1) == [
+        {"gid": 1, "sid": 100, "rev": 3, "msg": "m0", "priority": 1, "count": 10}]

@@ -237,8 +237,8 @@ def index():
             ctx["total"] = _alerts.count_alerts(directory(), **sel, deadline=end)
             ctx["signatures"] = _alerts.signature_counts(directory(), **sel, limit=SIGNATURES,
                                                          deadline=end)
-        ctx["sessions"] = [len(_alerts.sessions_of(directory(), a, deadline=end))
-                           for a in ctx["rows"]]
+        linked = _alerts.sessions_for(directory(), ctx["rows"], deadline=end)
+        ctx["sessions"] = [len(linked[a["id"]]) for a in ctx["rows"]]
     except search.SearchError as e:
         ctx["error"], status = e, 400
     except query.QueryTimeout:

@@ -26,6 +26,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -707,22 +708,32 @@ def iter_alerts(directory: str | os.PathLike[str], ast: Any = None, lo: float | 
     keep = _filter.compile_predicate(ast, linked=_alert_linked)
     where, params = _select_sql(lo, hi, priority, ast)
     for path in alert_files(directory, *_time_bounds(lo, hi, ast)):
-        conn = open_readonly(path, deadline)
-        try:
+        with _reading(path, deadline) as conn:
             cur = conn.execute(f"SELECT {', '.join(ALERT_NAMES)} FROM alerts WHERE {where}"
                                " ORDER BY time, id", params)
             for values in cur:
                 r = _row(ALERT_NAMES, values)
                 if keep(r):
                     yield r
-        except sqlite3.OperationalError as e:
-            if "interrupted" in str(e):
-                raise query.QueryTimeout("the query ran past its time limit") from None
-            raise AlertStoreError(f"{path.name}: {e}") from None
-        except sqlite3.Error as e:
-            raise AlertStoreError(f"{path.name}: {e}") from None
-        finally:
-            conn.close()
+
+
+@contextlib.contextmanager
+def _reading(path: Path, deadline: float | None) -> Iterator[sqlite3.Connection]:
+    """An hour file open read-only; SQLite's errors while it is read become ours.
+
+    :raises AlertStoreError: naming the file. :raises query.QueryTimeout: past ``deadline``.
+    """
+    conn = open_readonly(path, deadline)
+    try:
+        yield conn
+    except sqlite3.OperationalError as e:
+        if "interrupted" in str(e):
+            raise query.QueryTimeout("the query ran past its time limit") from None
+        raise AlertStoreError(f"{path.name}: {e}") from None
+    except sqlite3.Error as e:
+        raise AlertStoreError(f"{path.name}: {e}") from None
+    finally:
+        conn.close()
 
 
 def list_alerts(directory: str | os.PathLike[str], ast: Any = None, lo: float | None = None,
@@ -756,18 +767,9 @@ def _aggregate(directory: str | os.PathLike[str], select: str, ast: Any, lo: flo
     where, params = _select_sql(lo, hi, priority, None)
     t_where, t_params = _time_only_sql(ast)
     for path in alert_files(directory, *_time_bounds(lo, hi, ast)):
-        conn = open_readonly(path, deadline)
-        try:
+        with _reading(path, deadline) as conn:
             yield from conn.execute(f"SELECT {select} FROM alerts WHERE {where} AND {t_where} {group}",
                                     params + t_params).fetchall()
-        except sqlite3.OperationalError as e:
-            if "interrupted" in str(e):
-                raise query.QueryTimeout("the query ran past its time limit") from None
-            raise AlertStoreError(f"{path.name}: {e}") from None
-        except sqlite3.Error as e:
-            raise AlertStoreError(f"{path.name}: {e}") from None
-        finally:
-            conn.close()
 
 
 def count_alerts(directory: str | os.PathLike[str], ast: Any = None, lo: float | None = None,

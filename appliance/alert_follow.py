@@ -504,7 +504,7 @@ class Follower:
 
     def run(self, poll_interval: float, stop: threading.Event) -> None:
         """Follow until ``stop`` is set, telling systemd we are ready and alive (watchdog)."""
-        watchdog = _watchdog_interval()
+        watchdog = service.watchdog_interval()
         last_ping = time.monotonic()
         service.notify(READY="1", STATUS=self.summary())
         while not stop.is_set():
@@ -520,14 +520,6 @@ class Follower:
         bad = sum(s.stats.bad for s in self.sources)
         return (f"following {len(self.sources)} file(s): {self.totals.imported} alerts imported, "
                 f"{self.totals.duplicates} already stored, {bad} bad lines")
-
-
-def _watchdog_interval() -> float:
-    """Half of systemd's WatchdogSec (from WATCHDOG_USEC), or 0 without a watchdog."""
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    if not usec.isdigit() or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
-        return 0.0
-    return int(usec) / 2e6
 
 
 @click.command("follow", context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b

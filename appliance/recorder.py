@@ -248,7 +248,7 @@ class Recorder:
             signal.signal(sig, self._on_signal)
         log.info("recording %s (bpf %r)", name, bpf)
         service.notify(READY="1", STATUS=f"recording {name}")
-        watchdog = _watchdog_interval()
+        watchdog = service.watchdog_interval()
         self.live = LiveState(ifaces)
         last_watchdog = last_file = last_top = 0.0
         with cap, self._exporting(lossless=False):
@@ -384,11 +384,3 @@ class LiveState:
 
     def summary(self) -> str:
         return f"{self.state} {','.join(self.interfaces)}: {self.pps:,.0f} packets/s, {self.bps / 1e6:,.1f} Mb/s"
-
-
-def _watchdog_interval() -> float:
-    """Half of systemd's WatchdogSec (from WATCHDOG_USEC), or 0 without a watchdog."""
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    if not usec.isdigit() or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
-        return 0.0
-    return int(usec) / 2e6

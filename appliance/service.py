@@ -44,3 +44,12 @@ def notify(**fields: str) -> bool:
     if _daemon is not None:
         return bool(_daemon.notify(message))
     return False
+
+
+def watchdog_interval() -> float:
+    """Half of systemd's WatchdogSec (from WATCHDOG_USEC), or 0 without a watchdog: how often a
+    service's main loop pings WATCHDOG=1."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    if not usec.isdigit() or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return 0.0
+    return int(usec) / 2e6

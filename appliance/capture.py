@@ -57,7 +57,16 @@ ICMP4_UNREACH = {0: "URN", 1: "URH", 2: "URO", 3: "URP", 4: "URF", 5: "URS"}
 ICMP6_NAMES = {1: "UNR", 2: "PTB", 3: "TXD", 4: "PAR", 128: "ECO", 129: "ECR", 130: "MRQ",
                131: "MRP", 132: "MRD", 133: "NRS", 134: "NRA", 135: "NNS", 136: "NNA", 137: "NRED",
                143: "MHR"}
-ICMP_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17, 128: 129, 129: 128}
+# Community ID: the spec's ICMP request/reply pairs, type -> counterpart (pycommunityid's icmp.py and
+# icmp6.py, after Zeek's ICMP4_counterpart/ICMP6_counterpart); native/store.c icmp_pair has the same.
+ICMP_PAIRS = {
+    1: {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17},
+    58: {128: 129, 129: 128, 130: 131, 131: 130, 133: 134, 134: 133, 135: 136, 136: 135, 139: 140,
+         140: 139, 144: 145, 145: 144},
+}
+# The replies of the queries native/decode.c keys by identifier: a record whose sport is one of these
+# saw only replies, and its saddr is the requester they went to (native/flowtable.c fill_record).
+ICMP_REPLIES = {1: {0, 14, 16, 18}, 58: {129}}
 PORTED_PROTOS = {6, 17, 132, 1, 58}
 
 ADDR_IP4, ADDR_IP6, ADDR_MAC = 4, 6, 2
@@ -291,22 +300,29 @@ def _flgs(flgs: int, has_mac: bool) -> str:
 
 
 def community_id(proto: int, kind: int, saddr: bytes, daddr: bytes, sport: int | None,
-                 dport: int | None, seed: int = 0) -> str | None:
-    """Community ID v1 (corelight/community-id-spec) of an IP flow; None for non-IP flows."""
+                 dport: int | None, seed: int = 0, icmp_code: int = 0) -> str | None:
+    """Community ID v1 (corelight/community-id-spec) of an IP flow; None for non-IP flows.
+
+    ICMP/ICMPv6 records are turned back into what the spec hashes, the message as sent: a paired
+    type with its counterpart as the "ports" (ordered like ports), any other type with its code
+    (icmp_code; the record's dport holds the quoted datagram's port for errors), not reordered. A
+    record of replies alone has the requester as saddr and the reply's type as sport."""
     if kind == ADDR_MAC or proto > 255:
         return None
     n = 4 if kind == ADDR_IP4 else 16
     a, b = saddr[:n], daddr[:n]
-    if proto in (1, 58):
-        # ICMP: type and "port" of the counterpart; one-way messages use the code.
-        t = sport or 0
-        sport, dport = t, ICMP_PAIRS.get(t, dport or 0)
-        if t in ICMP_PAIRS:
-            sport, dport = t, ICMP_PAIRS[t]
     ported = proto in PORTED_PROTOS and sport is not None
     sp, dp = (sport or 0), (dport or 0)
-    one_way = proto in (1, 58) and sport not in ICMP_PAIRS
-    if not one_way and (a, sp) > (b, dp):
+    ordered = True
+    if proto in (1, 58) and ported:
+        pairs = ICMP_PAIRS[proto]
+        if sp in ICMP_REPLIES[proto]:       # sent by daddr: its request type is saddr's "port"
+            sp, dp = pairs[sp], sp
+        elif sp in pairs:
+            dp = pairs[sp]
+        else:
+            dp, ordered = icmp_code, False
+    if ordered and (a, sp) > (b, dp):
         a, b, sp, dp = b, a, dp, sp
     data = struct.pack("!H", seed) + a + b + struct.pack("!BB", proto, 0)
     if ported:
@@ -350,7 +366,7 @@ def to_record(r: tuple, srcid: str) -> dict[str, Any]:
         "conn_state": CONN_STATES[conn] if proto == 6 and ip else None,
         "history": history.rstrip(b"\0").decode() if proto == 6 and ip else None,
         "community_id": community_id(proto, kind, saddr, daddr, sport if ported else None,
-                                     dport if ported else None) if sip else None,
+                                     dport if ported else None, icmp_code=icmp_code) if sip else None,
         "sintf": ifindex,
     }
 

@@ -54,34 +54,53 @@ static const char INFO_SQL[] = "INSERT OR REPLACE INTO archive_info (key, value)
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/* ICMP types that come in request/reply pairs, and their counterpart (capture.ICMP_PAIRS). */
-static int icmp_pair(unsigned type, unsigned *other)
+/* The Community ID spec's ICMP request/reply pairs (pycommunityid's icmp.py and icmp6.py, after
+ * Zeek's ICMP4_counterpart/ICMP6_counterpart), as capture.ICMP_PAIRS: 1 and *other = the
+ * counterpart of a paired type. */
+static int icmp_pair(unsigned proto, unsigned type, unsigned *other)
 {
-    static const uint8_t pairs[][2] = {{8, 0}, {0, 8}, {13, 14}, {14, 13}, {15, 16}, {16, 15},
-                                       {17, 18}, {18, 17}, {128, 129}, {129, 128}};
-    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++)
-        if (pairs[i][0] == type) {
-            *other = pairs[i][1];
-            return 1;
-        }
+    static const uint8_t v4[][2] = {{8, 0}, {13, 14}, {15, 16}, {10, 9}, {17, 18}};
+    static const uint8_t v6[][2] = {{128, 129}, {130, 131}, {133, 134}, {135, 136}, {139, 140}, {144, 145}};
+    const uint8_t (*pairs)[2] = proto == 1 ? v4 : v6;
+    size_t n = proto == 1 ? sizeof v4 / sizeof v4[0] : sizeof v6 / sizeof v6[0];
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < 2; j++)
+            if (pairs[i][j] == type) {
+                *other = pairs[i][!j];
+                return 1;
+            }
     return 0;
 }
 
-/* Community ID v1 with seed 0, as capture.community_id: "1:" and 28 base64 characters. */
+/* The replies of the queries decode.c keys by identifier (capture.ICMP_REPLIES): a record whose sport
+ * is one of these saw only replies, and its side 0 is the requester they went to (fill_record). */
+static int icmp_reply(unsigned proto, unsigned type)
+{
+    return proto == 1 ? type == 0 || type == 14 || type == 16 || type == 18 : type == 129;
+}
+
+/* Community ID v1 with seed 0, as capture.community_id: "1:" and 28 base64 characters. ICMP records
+ * are turned back into the message as sent: a paired type with its counterpart as the ports (ordered),
+ * any other type with its code (the port slot holds the quoted port for errors), not reordered. */
 static void community_id(const sensor_flow_t *r, const facts_t *f, char out[30])
 {
     size_t alen = r->addr_type == SENSOR_ADDR_IP4 ? 4 : 16;
     const uint8_t *a = r->addr[0], *b = r->addr[1];
     unsigned sp = f->ported ? r->port[0] : 0, dp = f->ported ? r->port[1] : 0;
-    int one_way = 0;
-    if (r->proto == 1 || r->proto == 58) {       /* the type and its counterpart as ports */
+    int ordered = 1;
+    if ((r->proto == 1 || r->proto == 58) && f->ported) {
         unsigned other;
-        if (icmp_pair(sp, &other))
+        if (!icmp_pair(r->proto, sp, &other)) {
+            dp = r->icmp_code;
+            ordered = 0;
+        } else if (icmp_reply(r->proto, sp)) {   /* sent by side 1: its request type is side 0's */
+            dp = sp;
+            sp = other;
+        } else {
             dp = other;
-        else
-            one_way = 1;
+        }
     }
-    if (!one_way) {
+    if (ordered) {
         int c = memcmp(a, b, alen);
         if (c > 0 || (c == 0 && sp > dp)) {
             const uint8_t *t = a;

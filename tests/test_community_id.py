@@ -7,17 +7,21 @@ tuple is rebuilt as a one-packet capture with ``pcapgen``, as the spec's referen
 (``community-id.py``) reads it: for ICMP/ICMPv6 the "ports" are the type and the counterpart type
 of a request/reply pair (code 0), or type and code for a one-way message. ICMP errors quote the
 datagram they answer (RFC 792, RFC 4443), as every real one does; the spec hashes only type and code.
-
-Values flowtap gets wrong today are marked xfail(strict) with the reason, so that a fix shows up.
+``EXTRA`` covers what those tables leave out (the other request/reply pairs, replies seen alone, errors
+with a code other than 0), with values from the spec's recommended implementation, pycommunityid.
 """
 from __future__ import annotations
 
 import json
+import sqlite3
 import struct
 
 import pytest
 
+from appliance import archive, capture
+from appliance.archive import ArchiveWriter
 from appliance.cli import cli
+from appliance.config import ArchiveConfig
 from tests import pcapgen
 
 # corelight/community-id-spec baseline/baseline_deflt.json: (proto, saddr, daddr, sport, dport, id)
@@ -71,27 +75,31 @@ README_TABLE = [
     (46, V6B, V6A, None, None, "1:wQ/2mwrnXP4lmJcHdGL5ePjR+e0="),
 ]
 
-# The spec's request/reply pairs (community-id.py, ICMPHelper): their code is 0 on the wire.
-PAIRED = {1: {8, 0, 13, 14, 15, 16, 10, 17, 18},
+# Not in the spec's published tables: tuples as above, IDs computed with pycommunityid 1.5.0
+# (CommunityID(seed=0).calc(FlowTuple.make_icmp/make_icmp6(saddr, daddr, type, code))).
+EXTRA = [
+    (1, "192.168.144.2", "224.0.0.2", 10, 9, "1:gcJkuKZthn3yhR7wQLQmSVhO5f0="),       # router solicitation
+    (1, "192.168.144.1", "192.168.144.2", 9, 10, "1:NsfqcTFnw7kWfy/mtAJkL9jirzM="),   # its advertisement
+    (1, "192.168.144.2", "192.168.144.1", 10, 9, "1:NsfqcTFnw7kWfy/mtAJkL9jirzM="),
+    (1, "10.0.0.7", "10.0.0.4", 14, 13, "1:myj1VMn0vrvfLo75u77U/bgTSUE="),            # timestamp reply alone
+    (1, "10.0.0.4", "10.0.0.7", 13, 14, "1:myj1VMn0vrvfLo75u77U/bgTSUE="),
+    (1, "172.16.11.1", "172.16.11.12", 3, 3, "1:gSGPajnSiFJ/GqVG1a2z8h5pf6g="),       # port unreachable
+    (1, "10.0.0.138", "10.0.0.6", 5, 1, "1:WSMXl17AwLNwdV8QDlMyLe/m6gs="),            # host redirect
+    (58, "fe80::1", "ff02::1", 130, 131, "1:twZ7KwCQHfwWp6Uon6NxD1a+VvM="),          # MLD query
+    (58, "fe80::2", "fe80::1", 131, 130, "1:Pmn7mCHtn19srQiXm2sF0CDRRMA="),          # MLD report
+    (58, "fe80::1", "fe80::2", 130, 131, "1:Pmn7mCHtn19srQiXm2sF0CDRRMA="),
+    (58, "fe80::1", "fe80::2", 139, 140, "1:oPVhmQYL42iV9FGiMqdb38yGSeA="),          # node information
+    (58, "fe80::2", "fe80::1", 140, 139, "1:oPVhmQYL42iV9FGiMqdb38yGSeA="),
+    (58, "2001:db8::1", "2001:db8::2", 144, 145, "1:ms66bqjCiS0Nx3DNXCp9wH22xNw="),  # home agent discovery
+    (58, "2001:db8::2", "2001:db8::1", 145, 144, "1:ms66bqjCiS0Nx3DNXCp9wH22xNw="),
+    (58, "fe80::1", "ff02::16", 143, 0, "1:OAsYkgoou99wnhLR9ezvUt5gsiU="),           # MLDv2 report: one-way
+    (58, "2001:db8::1", "2001:db8::2", 2, 0, "1:cJTDVjTYmTGrxBkMxo8zKdOAnh0="),      # packet too big
+]
+
+# The spec's request/reply pairs (pycommunityid's icmp.py and icmp6.py): their code is 0 on the wire.
+PAIRED = {1: {8, 0, 13, 14, 15, 16, 9, 10, 17, 18},
           58: {128, 129, 133, 134, 135, 136, 130, 131, 139, 140, 144, 145}}
 ERRORS = {1: {3, 4, 5, 11, 12}, 58: {1, 2, 3, 4}}     # messages that quote the offending datagram
-
-NO_ND_PAIRS = ("flowtap has no ICMPv6 router/neighbour discovery pairs (133<->134, 135<->136) in "
-               "store.c icmp_pair / capture.ICMP_PAIRS, so it hashes them one-way")
-REPLY_ONLY = ("a flow seen only from its reply is turned around to the requester but keeps the "
-              "reply's type: its ID is not the request's")
-QUOTED_PORT = ("for an ICMP error flowtap hashes the quoted datagram's port (the record's dport) "
-               "where the spec hashes the ICMP code")
-
-
-def known_bug(proto: int, sport: int | None) -> str | None:
-    if proto == 58 and sport in (133, 134, 135, 136):
-        return NO_ND_PAIRS
-    if (proto, sport) in ((1, 0), (58, 129)):
-        return REPLY_ONLY
-    if proto in ERRORS and sport in ERRORS[proto]:
-        return QUOTED_PORT
-    return None
 
 
 def segment(proto: int, saddr: str, daddr: str, sport, dport) -> bytes:
@@ -123,19 +131,40 @@ def flowtap_community_ids(runner, path) -> list[str]:
 
 
 def cases():
-    for source, rows in (("baseline_deflt.json", BASELINE), ("README.md", README_TABLE)):
+    for source, rows in (("baseline_deflt.json", BASELINE), ("README.md", README_TABLE), ("extra", EXTRA)):
         for i, (proto, saddr, daddr, sport, dport, want) in enumerate(rows):
-            reason = known_bug(proto, sport)
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(proto, saddr, daddr, sport, dport, want, marks=marks,
+            yield pytest.param(proto, saddr, daddr, sport, dport, want,
                                id=f"{source}-{i}-{proto}-{saddr}-{sport}")
+
+
+def one_packet(path, proto: int, saddr: str, daddr: str, sport, dport):
+    """A capture of the one packet the spec's tuple describes."""
+    frame = pcapgen.frame(saddr, daddr, proto, segment(proto, saddr, daddr, sport, dport))
+    return pcapgen.write_pcap(path, [pcapgen.Packet(int(pcapgen.T0 * 1e6), frame)])
 
 
 @pytest.mark.parametrize("proto, saddr, daddr, sport, dport, want", list(cases()))
 def test_community_id_matches_spec(tmp_path, runner, proto, saddr, daddr, sport, dport, want):
-    frame = pcapgen.frame(saddr, daddr, proto, segment(proto, saddr, daddr, sport, dport))
-    path = pcapgen.write_pcap(tmp_path / "one.pcap", [pcapgen.Packet(int(pcapgen.T0 * 1e6), frame)])
+    path = one_packet(tmp_path / "one.pcap", proto, saddr, daddr, sport, dport)
     assert flowtap_community_ids(runner, path) == [want]
+
+
+def test_archives_store_the_spec_ids(tmp_path):
+    """native/store.c, which fills the recorder's archives, gives every case above the spec's ID too."""
+    raw, wants = [], []
+    for i, case in enumerate(cases()):
+        *spec_tuple, want = case.values
+        (record,) = capture.meter_file_raw(str(one_packet(tmp_path / f"{i}.pcap", *spec_tuple)))
+        raw.append(record)
+        wants.append(want)
+    now = pcapgen.T0 + 1
+    writer = ArchiveWriter(ArchiveConfig(dir=str(tmp_path / "archive")), "test", "cases", "digest")
+    writer.add_packed(b"".join(capture.RECORD.pack(*r) for r in raw), now)
+    writer.close(now)
+    (path,) = archive.list_archives(tmp_path / "archive")
+    with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as conn:
+        stored = [row[0] for row in conn.execute("SELECT community_id FROM flows ORDER BY rowid")]
+    assert stored == wants
 
 
 def test_both_directions_of_a_session_share_the_id(tmp_path, runner):

@@ -124,10 +124,12 @@ def filter_db() -> sqlite3.Connection:
     conn.execute(f"CREATE TABLE flows ({', '.join(f'{n} {t}' for n, t in archive.FLOW_COLUMNS)})")
     conn.executemany(f"INSERT INTO flows VALUES ({', '.join('?' * len(_STORED))})",
                      [tuple(r.get(k) for k in _STORED) for r in RECORDS])
+    # No alert store: `alert`/`sid N` link nothing, in SQL (an empty ft_linked) as in Python.
+    conn.execute("CREATE TEMP TABLE ft_linked (rid INTEGER, sid INTEGER, gid INTEGER)")
     return conn
 
 
-_SOURCE = ("(SELECT *, " + ", ".join(f"({e}) AS {n}" for n, e in archive.DERIVED.items())
+_SOURCE = ("(SELECT rowid AS rid, *, " + ", ".join(f"({e}) AS {n}" for n, e in archive.DERIVED.items())
            + " FROM flows)")
 
 

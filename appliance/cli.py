@@ -560,6 +560,7 @@ def ra(**o: Any) -> None:
     domain, 1-1024), src/dst, tcp udp icmp icmp6 arp ip ipv4 ipv6, proto N, comparisons
     (pkts gt 10, src bytes gte 1000, appbytes, ttl, tos, vid, dur), TCP flags seen (syn synack
     fin reset retrans ack push urg ecn), states (est con req int timeout, state FIN), man,
+    alert, sid N, gid N (an imported IDS alert links to the session: `flowtap alerts`),
     joined by and/or/not (equal precedence, left to right, as in Argus) and parentheses.
     """
     _run("ra", o)

@@ -13,6 +13,7 @@ right; ``not``/``!`` binds tightest)::
     primitive := [proto-qual] [dir] [type] id   e.g. "tcp dst port 80", "src net 10.1", "10.0.0.1"
                | [dir] numeric-field [op] number  e.g. "pkts gt 10", "src bytes >= 1000", "ttl 64"
                | [dir] tcp-flag | state | proto-name | "man" | "state NAME" | "cause NAME"
+               | "alert" | "sid" N | "gid" N   (an imported IDS alert links to the record)
 
 A bare id repeats the last host/net/port qualifiers (``port 80 or 443``, ``host a and b``); with
 none before it, ``host`` is assumed. Addresses compare as canonical text (IPv4 dotted, IPv6

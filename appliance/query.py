@@ -202,12 +202,18 @@ class TimeBounds:
 
 
 def uses_alerts(ast: Any) -> bool:
-    """True if the filter names alerts (``alert``, ``sid N``, ``gid N``)."""
-    if isinstance(ast, (_filter.And, _filter.Or)):
-        return uses_alerts(ast.left) or uses_alerts(ast.right)
-    if isinstance(ast, _filter.Not):
-        return uses_alerts(ast.expr)
-    return isinstance(ast, _filter.Linked)
+    """True if the filter names alerts (``alert``, ``sid N``, ``gid N``). Without recursion: a
+    list of thousands of hosts is a chain that deep."""
+    stack = [ast]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (_filter.And, _filter.Or)):
+            stack += [node.left, node.right]
+        elif isinstance(node, _filter.Not):
+            stack.append(node.expr)
+        elif isinstance(node, _filter.Linked):
+            return True
+    return False
 
 
 def prepare_alert_links(conn: sqlite3.Connection, path: Path, info: dict[str, Any] | None = None) -> None:

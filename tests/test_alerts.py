@@ -360,3 +360,11 @@ def test_counts_in_sql_equal_counts_in_python(one_session):
     assert alerts.count_alerts(one_session, rng) == 15            # T0+5 .. T0+19: the end is open
     assert alerts.signature_counts(one_session, limit=1) == [
         {"gid": 1, "sid": 100, "rev": 3, "msg": "m0", "priority": 1, "count": 10}]
+
+
+def test_a_long_filter_with_alert_is_not_a_recursion(one_session, runner):
+    """`alert` at the end of a chain of 5000 hosts: found without recursing 5000 levels deep."""
+    alerts.import_alerts(one_session, [alert(T0 + 1)])
+    words = " or ".join(f"host 10.1.{i // 250}.{i % 250}" for i in range(5000))
+    assert query.uses_alerts(_filter.parse(f"{words} or alert"))
+    assert not query.uses_alerts(_filter.parse(words))

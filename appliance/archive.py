@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable
@@ -96,11 +97,20 @@ def period_start(t: float, interval: int) -> float:
 
 
 def list_archives(directory: str | os.PathLike[str]) -> list[Path]:
-    """Archive files in a directory, oldest first (names sort by time)."""
+    """Archive files in a directory, oldest first (names sort by time). Only regular files: a link
+    named like an archive (planted by whoever can write the directory) is never listed, read,
+    served or deleted."""
     d = Path(directory)
     if not d.is_dir():
         return []
-    return sorted((p for p in d.iterdir() if NAME_RE.match(p.name)), key=_sort_key)
+    return sorted((p for p in d.iterdir() if NAME_RE.match(p.name) and _regular(p)), key=_sort_key)
+
+
+def _regular(p: Path) -> bool:
+    try:
+        return stat.S_ISREG(p.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _sort_key(p: Path) -> tuple[str, int]:

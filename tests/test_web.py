@@ -941,3 +941,41 @@ def test_unreadable_archive_is_listed_and_refused(admin, archive_dir):
     assert admin.get(f"/archives/{bad.name}/sqlite").status_code == 404
     assert admin.get(f"/archives/{bad.name}/csv.gz").status_code == 404
     assert admin.get("/search?t=&filter=tcp").status_code == 200         # the others still answer
+
+
+@pytest.mark.parametrize("target", ["/proc/self/environ", "secret"])
+def test_a_link_named_like_an_archive_is_never_listed_or_served(admin, archive_dir, target, runner):
+    """Issue 15, hole 4: whoever can write the archive directory (the recorder's user) plants
+    `flows-20990102T000000Z.sqlite -> /proc/self/environ` (or a 0400 file the web user may read):
+    the page neither lists nor serves it in any format, and the readers skip it."""
+    if target == "secret":
+        (archive_dir.parent / "secret").write_bytes(b"SQLite format 3\0" + b"private" * 100)
+        os.chmod(archive_dir.parent / "secret", 0o400)
+        target = str(archive_dir.parent / "secret")
+    link = archive_dir / "flows-20990102T000000Z.sqlite"
+    link.symlink_to(target)
+    assert link.name not in admin.get("/archives").text
+    for fmt in ("sqlite", "csv.gz", "jsonl.gz"):
+        r = admin.get(f"/archives/{link.name}/{fmt}")
+        assert r.status_code == 404 and b"private" not in r.data and b"PATH=" not in r.data
+    assert link not in archive.list_archives(archive_dir)
+    out = runner.invoke(cli, ["ra", "-r", str(archive_dir), "-s", "seq", "-N", "1"])
+    assert out.exit_code == 0, out.output
+
+
+def test_the_sqlite_download_opens_no_link_and_only_sqlite(admin, archive_dir):
+    """The file is opened without following a link (a swap after the listing), and its first bytes
+    must be SQLite's before anything is streamed."""
+    from appliance.web import archives as web_archives
+
+    path = archive.list_archives(archive_dir)[0]
+    alias = archive_dir / "alias.sqlite"
+    alias.symlink_to(path)
+    with pytest.raises(OSError):
+        web_archives.open_archive_file(alias)
+    junk = archive_dir.parent / "junk.sqlite"
+    junk.write_bytes(b"not sqlite at all" * 10)
+    with pytest.raises(archive.ArchiveError):
+        web_archives.open_archive_file(junk)
+    with web_archives.open_archive_file(path) as f:
+        assert f.read(16) == b"SQLite format 3\0"

@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from flask import Blueprint, Response, abort, current_app, g, render_template
 
@@ -247,6 +248,27 @@ def gzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
     yield z.flush()
 
 
+SQLITE_HEADER = b"SQLite format 3\0"
+
+
+def open_archive_file(path: Path) -> BinaryIO:
+    """A closed archive's file to stream as it is: opened without following a link (one swapped in
+    after the listing), and only a regular file that starts as SQLite.
+
+    :raises OSError: a link (ELOOP) or unreadable. :raises ArchiveError: not an SQLite file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    f = os.fdopen(fd, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise _archive.ArchiveError(f"{path.name}: not an SQLite archive file")
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 def file_chunks(f: Any) -> Iterator[bytes]:
     """A file's bytes in CHUNK pieces; closes the file at the end."""
     try:
@@ -303,7 +325,7 @@ def download(name: str, fmt: str):
     filename = path.name.removesuffix(".sqlite") + ext
     if fmt == "sqlite":
         try:
-            f = open(path, "rb") if _archive.is_closed(path) else snapshot(path)
+            f = open_archive_file(path) if _archive.is_closed(path) else snapshot(path)
         except (sqlite3.Error, _archive.ArchiveError, OSError) as exc:
             abort(404, f"Unreadable archive: {exc}")
         return download_response(file_chunks(f), filename, mimetype)

@@ -459,8 +459,7 @@ class Follower:
             self._count_too_long(s, r, offset)
             if line is None:                   # the end of an over-long line
                 continue
-            # Decoded as alert_formats.read() does, so a line has the same id either way.
-            text = line.removesuffix(b"\r").decode("utf-8", "replace")
+            text = alert_formats.decode_line(line)
             try:
                 alert = alert_formats.parse_line(fmt, text, span=span, stats=s.stats)
             except Exception as e:

@@ -516,6 +516,12 @@ def parse_line(fmt: str, line: str, *, year: int | None = None, span: tuple[floa
                          else f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if len(line) > MAX_LINE:
         raise AlertError(f"line longer than {MAX_LINE} bytes")
+    return _parse(parser, line, year, span, sid_map, stats)
+
+
+def _parse(parser: Callable, line: str, year, span, sid_map, stats) -> Alert | None:
+    """``parser`` on a line, or None for a blank line or a comment (positional: read() calls it
+    for every line)."""
     stripped = line.strip()
     if not stripped or stripped[0] == "#":
         return None
@@ -593,7 +599,13 @@ def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
                 line = stream.readline(MAX_LINE)
             yield number, start, True
             continue
-        yield number, line.rstrip(b"\n").removesuffix(b"\r"), False
+        yield number, line, False
+
+
+def decode_line(raw: bytes) -> str:
+    """A line's text as every reader takes it, without its newline (and one CR), UTF-8 with bad
+    bytes replaced: the same line gets the same id from ``read`` and from the follower."""
+    return raw.rstrip(b"\n").removesuffix(b"\r").decode("utf-8", "replace")
 
 
 def read(stream: BinaryIO, fmt: str | None = None, *, year: int | None = None,
@@ -631,16 +643,12 @@ def read(stream: BinaryIO, fmt: str | None = None, *, year: int | None = None,
         return
     parser = _PARSERS[fmt]
     for number, line, too_long in _lines(stream):
-        text = line.decode("utf-8", "replace")
+        text = decode_line(line)
         if too_long:
             stats.note_bad(number, f"line longer than {MAX_LINE} bytes", text)
             continue
-        stripped = text.strip()
-        if not stripped or stripped[0] == "#":
-            stats.skipped += 1
-            continue
         try:
-            alert = parser(text, year, span, sid_map, stats)
+            alert = _parse(parser, text, year, span, sid_map, stats)
         except ValueError as e:                  # AlertError, or what slipped past the checks
             stats.note_bad(number, str(e), text)
             continue

@@ -137,12 +137,17 @@ def alert_files(directory: Path, lo: float = -math.inf, hi: float = math.inf) ->
         m = NAME_RE.match(name)
         if not m:
             continue
-        start = datetime.strptime(m.group(1), "%Y%m%dT%H").replace(tzinfo=timezone.utc).timestamp()
+        start = _hour_start(m)
         if start + HOUR > lo and start <= hi:
             path = directory / name
-            if not path.is_symlink() and path.is_file():     # a planted link is never followed
+            if _archive.is_regular_file(path):             # a planted link is never followed
                 out.append(path)
     return out
+
+
+def _hour_start(m: re.Match) -> float:
+    """The first second of the hour a file name (``NAME_RE`` match) covers."""
+    return datetime.strptime(m.group(1), "%Y%m%dT%H").replace(tzinfo=timezone.utc).timestamp()
 
 
 def _open_write(path: Path) -> sqlite3.Connection:
@@ -380,8 +385,8 @@ def _load_alerts(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> Non
 
 def _direct_sql(select: str, reach: float = 0.0) -> str:
     """Records ``f`` linked to the alerts of ``temp.a`` (with ``reach``: also the records of the
-    same endpoints that far around). The lower stime bound lets the host indexes (saddr, stime)
-    and (daddr, stime) serve each alert."""
+    same endpoints that far around). The lower stime bound lets the (saddr, stime) index serve
+    each alert (``link_rule``)."""
     return (f"SELECT {select} FROM temp.a AS a JOIN {query.source()} AS f ON {link_rule(reach)}"
             f" AND f.stime >= a.time - {WINDOW + reach} - :maxdur")
 
@@ -465,7 +470,7 @@ def _query(span: _Span, deadline: float | None, sql: str, params: dict[str, Any]
             conn.execute("CREATE TEMP TABLE k (srcid, proto, saddr, sport, daddr, dport, lo, hi)")
             conn.executemany("INSERT INTO temp.k VALUES (?, ?, ?, ?, ?, ?, ?, ?)", keys)
         return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as e:
+    except sqlite3.Error as e:              # interrupted by the deadline, or a damaged archive
         if "interrupted" in str(e):
             raise query.QueryTimeout("the query ran past its time limit") from None
         raise AlertStoreError(f"{span.path.name}: {e}") from None
@@ -542,7 +547,7 @@ CHAIN_STEP = 2 * HOUR       # the farthest a session's next record may start (st
 def _chain(directory: Path, r: dict[str, Any], deadline: float | None = None) -> list[dict[str, Any]]:
     """The other records of ``r``'s session: Status records chain to the next record of the same
     key (srcid, protocol, addresses, ports, same orientation) until a final record, across archives."""
-    key = (r["srcid"], r["proto"], r["saddr"], r["sport"], r["daddr"], r["dport"])
+    key = _key(r)
     out = []
     cur = r
     while (prev := _neighbour(directory, key, cur, -1, deadline)) is not None and prev["cause"] == "Status":
@@ -563,33 +568,26 @@ def _neighbour(directory: Path, key: tuple, r: dict[str, Any], step: int,
         lo, hi = r["stime"] - CHAIN_STEP, r["stime"]
     else:
         lo, hi = r["stime"], r["ltime"] + CHAIN_STEP
-    spans = _archives(directory, lo, hi)
+    # Order within one stime: the archive's name, then the rowid.
+    tie = ("(f.stime < :t OR (f.stime = :t AND (:file > :here OR (:file = :here AND f.rid < :rid))))"
+           if step < 0 else
+           "(f.stime > :t OR (f.stime = :t AND (:file < :here OR (:file = :here AND f.rid > :rid))))")
+    desc = "DESC" if step < 0 else ""
+    sql = (f"SELECT f.rid, {_F_SELECT} FROM {query.source()} AS f"
+           " WHERE f.srcid IS :k0 AND f.proto IS :k1 AND f.saddr IS :k2 AND f.sport IS :k3"
+           " AND +f.daddr IS :k4 AND +f.dport IS :k5 AND f.stime >= :lo AND f.stime <= :hi"
+           f" AND {tie} ORDER BY f.stime {desc}, f.rid {desc} LIMIT 1")
+    params = {f"k{i}": v for i, v in enumerate(key)} | {
+        "lo": lo, "hi": hi, "t": r["stime"], "file": r["_file"], "rid": r["_rid"]}
     best = None
-    for span in spans:
-        conn = query.connect(span.path, deadline)
+    for span in _archives(directory, lo, hi):
         try:
-            # Order within one stime: the archive's name, then the rowid.
-            here = span.path.name
-            tie = ("(f.stime < :t OR (f.stime = :t AND (:file > :here OR (:file = :here AND f.rid < :rid))))"
-                   if step < 0 else
-                   "(f.stime > :t OR (f.stime = :t AND (:file < :here OR (:file = :here AND f.rid > :rid))))")
-            sql = (f"SELECT f.rid, {_F_SELECT} FROM {query.source()} AS f"
-                   f" WHERE f.srcid IS :k0 AND f.proto IS :k1 AND f.saddr IS :k2 AND f.sport IS :k3"
-                   f" AND +f.daddr IS :k4 AND +f.dport IS :k5 AND f.stime >= :lo AND f.stime <= :hi"
-                   f" AND {tie} ORDER BY f.stime {'DESC' if step < 0 else ''},"
-                   f" f.rid {'DESC' if step < 0 else ''} LIMIT 1")
-            row = conn.execute(sql, {"k0": key[0], "k1": key[1], "k2": key[2], "k3": key[3],
-                                     "k4": key[4], "k5": key[5], "lo": lo, "hi": hi, "t": r["stime"],
-                                     "file": r["_file"], "here": here, "rid": r["_rid"]}).fetchone()
-        except sqlite3.OperationalError as e:
-            if "interrupted" in str(e):
-                raise query.QueryTimeout("the query ran past its time limit") from None
-            row = None
-        finally:
-            conn.close()
-        if row is None:
+            rows = _query(span, deadline, sql, params | {"here": span.path.name})
+        except AlertStoreError:
+            continue                    # a damaged archive: the chain goes on in the others
+        if not rows:
             continue
-        cand = _record(span.path.name, row)
+        cand = _record(span.path.name, rows[0])
         order = (cand["stime"], cand["_file"], cand["_rid"])
         if best is None or (order > (best["stime"], best["_file"], best["_rid"])) == (step < 0):
             best = cand
@@ -607,19 +605,9 @@ def linked_rowids(directory: Path, conn: sqlite3.Connection, path: Path, first: 
     conn.execute("DROP TABLE IF EXISTS temp.ft_linked")
     conn.execute("CREATE TEMP TABLE ft_linked (rid INTEGER, sid INTEGER, gid INTEGER)")
     lo, hi = first - WINDOW - maxdur - SESSION_REACH, last + WINDOW + SESSION_REACH
-    rows: list[tuple] = []
-    for f in alert_files(directory, lo, hi):
-        try:
-            ac = open_readonly(f)
-        except AlertStoreError:
-            continue
-        try:
-            rows += ac.execute(f"SELECT {', '.join(_LINK_COLUMNS)} FROM alerts"
-                               " WHERE time >= ? AND time <= ?", (lo, hi)).fetchall()
-        except sqlite3.Error:
-            continue
-        finally:
-            ac.close()
+    rows = [row for f in alert_files(directory, lo, hi)
+            for row in _rows_of(f, f"SELECT {', '.join(_LINK_COLUMNS)} FROM alerts"
+                                   " WHERE time >= ? AND time <= ?", (lo, hi))]
     if not rows:
         return
     _load_alerts(conn, rows)
@@ -723,6 +711,16 @@ def iter_alerts(directory: str | os.PathLike[str], ast: Any = None, lo: float | 
                     yield r
 
 
+def _rows_of(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """``sql``'s rows from one hour file; none when it cannot be read (what links or is found
+    goes on without it; listing it names it: ``iter_alerts``)."""
+    try:
+        with _reading(path, None) as conn:
+            return conn.execute(sql, params).fetchall()
+    except AlertStoreError:
+        return []
+
+
 @contextlib.contextmanager
 def _reading(path: Path, deadline: float | None) -> Iterator[sqlite3.Connection]:
     """An hour file open read-only; SQLite's errors while it is read become ours.
@@ -798,6 +796,12 @@ def signature_counts(directory: str | os.PathLike[str], ast: Any = None, lo: flo
     else:
         rows = ((a["gid"], a["sid"], a["rev"], a["msg"], a["priority"], 1)
                 for a in iter_alerts(directory, ast, lo, hi, priority, deadline))
+    return count_signatures(rows)[:limit]
+
+
+def count_signatures(rows: Iterable[tuple]) -> list[dict[str, Any]]:
+    """(gid, sid, rev, msg, priority, count) rows merged per signature, most frequent first: the
+    highest rev, a message, the most severe priority (for ``signature_counts`` and a page's list)."""
     counts: dict[tuple[int, int], dict[str, Any]] = {}
     for gid, sid, rev, msg, prio, n in rows:
         c = counts.setdefault((gid, sid), {"gid": gid, "sid": sid, "rev": rev, "msg": msg,
@@ -807,7 +811,7 @@ def signature_counts(directory: str | os.PathLike[str], ast: Any = None, lo: flo
         c["msg"] = c["msg"] or msg
         if prio is not None and (c["priority"] is None or prio < c["priority"]):
             c["priority"] = prio
-    return sorted(counts.values(), key=lambda c: (-c["count"], c["gid"], c["sid"]))[:limit]
+    return sorted(counts.values(), key=lambda c: (-c["count"], c["gid"] or 0, c["sid"] or 0))
 
 
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -819,18 +823,8 @@ def find(directory: str | os.PathLike[str], alert_id: str) -> AlertRow | None:
         return None
     directory = store_dir(directory)
     for path in alert_files(directory):
-        try:
-            conn = open_readonly(path)
-        except AlertStoreError:
-            continue
-        try:
-            values = conn.execute(f"SELECT {', '.join(ALERT_NAMES)} FROM alerts WHERE id = ?",
-                                  (_signed(alert_id),)).fetchone()
-        except sqlite3.Error:
-            values = None
-        finally:
-            conn.close()
-        if values is not None:
+        for values in _rows_of(path, f"SELECT {', '.join(ALERT_NAMES)} FROM alerts WHERE id = ?",
+                               (_signed(alert_id),)):
             return _row(ALERT_NAMES, values)
     return None
 
@@ -878,19 +872,10 @@ def alerts_for_records(directory: str | os.PathLike[str],
 
 def iter_alerts_file(path: Path, lo: float = -math.inf, hi: float = math.inf) -> Iterator[AlertRow]:
     """The alerts of one hour file timed in [lo, hi] (none if it cannot be read)."""
-    try:
-        conn = open_readonly(path)
-    except AlertStoreError:
-        return
-    try:
-        for values in conn.execute(f"SELECT {', '.join(ALERT_NAMES)} FROM alerts"
-                                   " WHERE time >= ? AND time <= ? ORDER BY time, id",
-                                   (max(lo, -1e300), min(hi, 1e300))):
-            yield _row(ALERT_NAMES, values)
-    except sqlite3.Error:
-        return
-    finally:
-        conn.close()
+    for values in _rows_of(path, f"SELECT {', '.join(ALERT_NAMES)} FROM alerts"
+                                 " WHERE time >= ? AND time <= ? ORDER BY time, id",
+                           (max(lo, -1e300), min(hi, 1e300))):
+        yield _row(ALERT_NAMES, values)
 
 
 # --- retention ----------------------------------------------------------------------------------
@@ -899,9 +884,7 @@ def prune(directory: Path, before: float) -> list[Path]:
     """Delete the hour files wholly before ``before`` (the oldest record still archived)."""
     removed = []
     for path in alert_files(directory, -math.inf, before - HOUR):
-        m = NAME_RE.match(path.name)
-        start = datetime.strptime(m.group(1), "%Y%m%dT%H").replace(tzinfo=timezone.utc).timestamp()
-        if start + HOUR <= before:
+        if _hour_start(NAME_RE.match(path.name)) + HOUR <= before:
             for extra in (path, Path(f"{path}-journal")):
                 extra.unlink(missing_ok=True)
             removed.append(path)

@@ -170,7 +170,8 @@ def list_command(paths: tuple[str, ...], time_range: str | None, numeric: int,
                  filter_words: tuple[str, ...]) -> None:
     """List alerts in time order. The filter is ra's language, said of the alert's own protocol,
     addresses and ports, plus `sid N` and `gid N`."""
-    from . import alerts as _alerts, filter as _filter
+    from . import alerts as _alerts
+    from .cli import Selection
 
     bad_modes = [m for m in modes if m != "json"]
     if bad_modes:
@@ -179,13 +180,7 @@ def list_command(paths: tuple[str, ...], time_range: str | None, numeric: int,
     for f in fields:
         if f not in ALERT_FIELDS:
             raise click.UsageError(f"-s {f}: not an alert field ({' '.join(ALERT_FIELDS)})")
-    try:
-        ast = _filter.parse(" ".join(filter_words))
-        if time_range:
-            span = _filter.parse_time_range(time_range)
-            ast = span if ast is None else _filter.And(span, ast)
-    except _filter.FilterError as e:
-        _fail(str(e), 2)
+    ast = Selection.build(filter_words, time_range).ast      # as ra parses them, errors alike
     stores = [_alerts.store_dir(p) for p in paths]
     for p, s in zip(paths, stores):
         if not s.is_dir():
@@ -247,13 +242,11 @@ def _tagged(store: Path, ast: Any):
         yield store, a
 
 
-JSON_KEYS = ("id", "time", "gid", "sid", "rev", "msg", "priority", "classification", "proto",
-             "saddr", "sport", "daddr", "dport", "community_id", "flow_id", "app_proto", "action",
-             "format")
-
-
 def _json(a: dict[str, Any], sessions: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {k: a[k] for k in JSON_KEYS}
+    """The alert's stored fields (but when it was imported) and its sessions."""
+    from .alerts import ALERT_NAMES
+
+    out = {k: a[k] for k in ALERT_NAMES if k != "imported_at"}
     out["sessions"] = sessions
     return out
 

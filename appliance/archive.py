@@ -103,10 +103,11 @@ def list_archives(directory: str | os.PathLike[str]) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
         return []
-    return sorted((p for p in d.iterdir() if NAME_RE.match(p.name) and _regular(p)), key=_sort_key)
+    return sorted((p for p in d.iterdir() if NAME_RE.match(p.name) and is_regular_file(p)), key=_sort_key)
 
 
-def _regular(p: Path) -> bool:
+def is_regular_file(p: Path) -> bool:
+    """A regular file itself, not a link to one (nor anything else)."""
     try:
         return stat.S_ISREG(p.lstat().st_mode)
     except OSError:

@@ -368,3 +368,27 @@ def test_a_long_filter_with_alert_is_not_a_recursion(one_session, runner):
     words = " or ".join(f"host 10.1.{i // 250}.{i % 250}" for i in range(5000))
     assert query.uses_alerts(_filter.parse(f"{words} or alert"))
     assert not query.uses_alerts(_filter.parse(words))
+
+
+def test_a_damaged_archive_does_not_stop_an_import_or_a_listing(tmp_path, pcaps_dir):
+    """A flash page gone bad in an archive's host index (which the link searches): the import
+    still stores every alert and counts what it can, the listing names the damage and exits 1
+    after the alerts before it, and `alert` over archives reports the damaged file like ra does."""
+    from conftest import damage_page
+
+    flowtap("record", "-q", "-r", str(pcaps_dir / "large/pcpp-example.pcap"), "-d", str(tmp_path / "d"))
+    store = tmp_path / "d" / "archive"
+    [path] = archive.list_archives(store)
+    recs = list(query.read_records(store))
+    picks = [alert(r["stime"], raw=str(r["seq"]), proto=r["proto"], saddr=r["saddr"],
+                   sport=r["sport"], daddr=r["daddr"], dport=r["dport"])
+             for r in recs[::50] if r["proto"] in (6, 17)]
+    os.chmod(path, 0o644)
+    damage_page(path, "flows_saddr")
+    os.chmod(path, 0o444)
+    r = alerts.import_alerts(store, picks)
+    assert (r.read, r.imported, r.linked + r.unlinked) == (len(picks), len(picks), len(picks))
+    out = flowtap("alerts", "-r", str(store), "-M", "json", check=False)
+    assert out.returncode in (0, 1) and "Traceback" not in out.stderr
+    if out.returncode == 1:
+        assert path.name in out.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 import time
 from typing import Any
 
@@ -25,7 +24,6 @@ from . import search
 
 bp = Blueprint("alerts", __name__)
 
-ALERT_ID = re.compile(r"[0-9a-f]{16}")
 DEFAULT_RANGE = "-1h"
 DEFAULT_AROUND = 900            # seconds either side of the alert
 MAX_AROUND = 86_400
@@ -181,7 +179,7 @@ def _listed(args: Any) -> list[dict[str, Any]] | None:
     if raw is None:
         return None
     ids = list(dict.fromkeys(raw.split(",")))
-    if len(raw) > MAX_IDS * 17 or len(ids) > MAX_IDS or not all(ALERT_ID.fullmatch(i) for i in ids):
+    if len(raw) > MAX_IDS * 17 or len(ids) > MAX_IDS or not all(_alerts.ID_RE.match(i) for i in ids):
         raise search.SearchError("ids", f"must be up to {MAX_IDS} alert ids (16 hexadecimal "
                                         "digits each) separated by commas")
     found = [a for a in (_alerts.find(directory(), i) for i in ids) if a is not None]
@@ -190,12 +188,8 @@ def _listed(args: Any) -> list[dict[str, Any]] | None:
 
 def _signature_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``alerts.signature_counts`` of a list already read."""
-    counts: dict[tuple, dict[str, Any]] = {}
-    for a in rows:
-        c = counts.setdefault((a["gid"], a["sid"]), {k: a[k] for k in ("gid", "sid", "rev", "msg",
-                                                                      "priority")} | {"count": 0})
-        c["count"] += 1
-    return sorted(counts.values(), key=lambda c: (-c["count"], c["gid"] or 0, c["sid"] or 0))
+    return _alerts.count_signatures((a["gid"], a["sid"], a["rev"], a["msg"], a["priority"], 1)
+                                    for a in rows)
 
 
 def dashboard_summary() -> dict[str, Any]:
@@ -250,7 +244,7 @@ def index():
 
 def _alert(alert_id: str) -> dict[str, Any]:
     """The alert called ``alert_id`` (16 lower-case hex digits); 404 otherwise."""
-    if not ALERT_ID.fullmatch(alert_id):
+    if not _alerts.ID_RE.match(alert_id):
         abort(404, "No such alert: an alert id is 16 hexadecimal digits.")
     alert = _alerts.find(directory(), alert_id)
     if alert is None:

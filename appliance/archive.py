@@ -472,7 +472,7 @@ class ArchiveWriter:
         self.failing = True
         self.last_error = str(exc)
         damaged = isinstance(exc, sqlite3.Error) and is_damage(exc)
-        if is_disk_full(exc):
+        if self._disk_full(exc):
             log.error("disk full: cannot write archives in %s (%s); deleting the oldest archives "
                       "to make room and keeping %d records queued", self.dir, exc, self.queued)
         elif is_io_error(exc):
@@ -495,6 +495,16 @@ class ArchiveWriter:
             dropped = self._drop_oldest(self.queued - self.BUFFER_LIMIT)
             self.records_lost += dropped
             log.error("dropped %d records: the disk has refused writes for too long", dropped)
+
+    def _disk_full(self, exc: BaseException) -> bool:
+        """The disk is full: said so, or an I/O error with no byte free (a checkpoint or WAL
+        truncate that meets ENOSPC can surface as SQLite's plain "disk I/O error")."""
+        if is_disk_full(exc):
+            return True
+        try:
+            return is_io_error(exc) and shutil.disk_usage(self.dir).free == 0
+        except OSError:
+            return False
 
     def _set_aside(self, cur: OpenArchive, exc: Exception) -> None:
         """Stop writing a damaged open archive (``set_aside``); the next commit opens a new
@@ -577,9 +587,11 @@ class ArchiveWriter:
             try:
                 close_archive(path)
             except (sqlite3.Error, OSError) as exc:
-                if attempt == 1 and is_disk_full(exc) and self.enforce_retention(emergency=True, keep=path):
+                full = self._disk_full(exc)
+                if attempt == 1 and full and self.enforce_retention(emergency=True, keep=path):
                     continue
-                log.error("closing %s failed (%s); trying again after the next write", path.name, exc)
+                log.error("closing %s failed (%s%s); trying again after the next write", path.name, exc,
+                          ": the disk is full" if full else "")
                 if path not in self.unclosed:
                     self.unclosed.append(path)
                 return False

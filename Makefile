@@ -5,11 +5,18 @@ BIN    := $(VENV)/bin
 PCAPS  ?= ../shared/pcaps
 STAMP  := $(VENV)/.flowtap-built
 
-.PHONY: all build run test asan fuzz bench clean
+.PHONY: all build run test asan fuzz bench clean deps-build deps-test
 
 all: build
 
-$(BIN)/python:
+# Debian packages (deps/packages.txt): installed when missing if root, else the one apt-get line.
+deps-build:
+	@./deps/install.sh build
+
+deps-test:
+	@./deps/install.sh test
+
+$(BIN)/python: | deps-build
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
@@ -21,7 +28,7 @@ $(STAMP): $(BIN)/python $(wildcard native/*.c native/*.h native/*.py) pyproject.
 
 # Bytecode made here: imports then skip compiling (the environment may set PYTHONDONTWRITEBYTECODE),
 # which is most of a short command's start-up.
-build: $(STAMP)
+build: deps-build $(STAMP)
 	@$(BIN)/python -m compileall -q appliance
 
 # With interfaces in /etc/flowtap/flowtap.toml: the recorder. Without: the demo (needs root).
@@ -30,7 +37,7 @@ run: build
 	if [ -n "$$ifaces" ]; then exec $(BIN)/flowtap record -c /etc/flowtap/flowtap.toml; \
 	else exec $(BIN)/flowtap demo; fi
 
-test: build asan
+test: deps-test build asan
 	$(BIN)/python -m pytest
 
 # The C core under AddressSanitizer/UBSan over every capture in ../shared/pcaps.

@@ -789,10 +789,8 @@ def web(config_path: str | None, listen: str | None, data_dir: str | None, runti
     On first start it prints a one-time setup token (also stored, readable by its owner only, in
     the web directory) that the first visitor exchanges for the admin password.
     """
-    import waitress
-
     from . import config as _config
-    from .web import create_app
+    from .web import create_app, limits
     _logging(verbose=False)
     try:
         app = create_app(config_path=config_path, data_dir=data_dir, runtime_dir=runtime_dir)
@@ -807,16 +805,11 @@ def web(config_path: str | None, listen: str | None, data_dir: str | None, runti
         token, _ = creds.setup_token()
         click.echo(f"flowtap web: no admin password yet; setup token: {token}", color=False)
         sys.stdout.flush()
-    # A streaming download blocks its thread once 1 MiB waits for the client, rather than spooling
-    # the rest to a temporary file: memory and flash writes stay flat. Live streams hold a thread
-    # each, so there are four more threads than streams for the page. Reading ahead one request
-    # lets a stream notice at once that its client hung up. nginx on this box terminates TLS
-    # (systemd/nginx-flowtap.conf): its X-Forwarded-For/-Proto are believed, nobody else's.
-    waitress.serve(app, listen=listen, threads=4 + app.config["STREAM_LIMIT"], ident="flowtap",
-                   max_request_body_size=1 << 20, outbuf_high_watermark=1 << 20,
-                   channel_request_lookahead=1, trusted_proxy="127.0.0.1", trusted_proxy_count=1,
-                   trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
-                   clear_untrusted_proxy_headers=True)
+    # Live streams and downloads hold a thread each and are capped; the server has four threads
+    # more than those caps for the page, and drops a client that stops reading (web/limits.py).
+    server = limits.make_server(app, listen)
+    server.print_listen("Serving on http://{}:{}")
+    server.run()
 
 
 from .alerts_cli import alerts as _alerts_group  # noqa: E402 - the command group joins cli

@@ -119,6 +119,29 @@ def test_security_exposure_levels():
     assert alerts <= ALERTS_MAX, f"flowtap-alerts.service exposure {alerts} > {ALERTS_MAX}"
 
 
+WEB_BOUNDED_MAX = 1.5            # flowtap-web with its memory bound (issue 15): at most this
+
+
+def mebibytes(value: str) -> float:
+    """A systemd size (``256M``, ``1G``, bytes) in MiB."""
+    m = re.fullmatch(r"(\d+)([KMG]?)", value)
+    assert m, value
+    return int(m.group(1)) * {"": 1 / 2**20, "K": 1 / 1024, "M": 1, "G": 1024}[m.group(2)]
+
+
+def test_web_memory_is_bounded_and_its_exposure_stays_low():
+    """MemoryMax= caps the page (above its worst legitimate use: a deep search page of 150 MB and
+    two password checks of 64 MiB), MemoryHigh= below it throttles first, the comment says why, and
+    the unit's exposure stays at most 1.5."""
+    high, most = mebibytes(one(WEB, "MemoryHigh")), mebibytes(one(WEB, "MemoryMax"))
+    assert 150 + 2 * 64 <= most <= 512 and 150 <= high < most, (high, most)
+    comment = next(c for _, k, _, c in parse(WEB) if k == "MemoryHigh")
+    assert "150 MB" in comment and "4 GB" in comment, comment
+    score = exposure(WEB)
+    print(f"\nflowtap-web.service: MemoryHigh={high:g}M MemoryMax={most:g}M, exposure {score}")
+    assert score <= WEB_BOUNDED_MAX, f"flowtap-web.service exposure {score} > {WEB_BOUNDED_MAX}"
+
+
 # --- the hardening keys (STYLE.md "systemd and image") -----------------------------------------
 
 def test_recorder_hardening_keys():
@@ -244,6 +267,46 @@ def test_tls_certificate_is_made_once_per_box(tmp_path):
     site = (SYSTEMD / "nginx-flowtap.conf").read_text()
     assert "ssl_certificate /etc/flowtap/tls/cert.pem;" in site
     assert f"proxy_pass http://{config_mod.Config().web.listen};" in site
+
+
+def nginx_server_blocks(text: str) -> list[str]:
+    """The ``server { ... }`` blocks of an nginx file, comments removed."""
+    text = re.sub(r"#[^\n]*", "", text)
+    blocks = []
+    for m in re.finditer(r"\bserver\s*\{", text):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        blocks.append(text[m.start():i])
+    return blocks
+
+
+HSTS = 'add_header Strict-Transport-Security "max-age=31536000" always;'
+
+
+def test_nginx_sends_hsts_over_tls_only(tmp_path):
+    """Every TLS server of nginx's site sends Strict-Transport-Security (on every answer, errors
+    too: ``always``), no plain-HTTP server does, and no location has an add_header of its own (it
+    would drop the server's); ``nginx -t`` accepts the site with a certificate the box would make."""
+    site = (SYSTEMD / "nginx-flowtap.conf").read_text()
+    blocks = nginx_server_blocks(site)
+    assert blocks
+    for block in blocks:
+        tls = re.search(r"^\s*listen\s[^;]*\bssl\b", block, re.M)
+        headers = [" ".join(line.split()) for line in block.splitlines() if "add_header" in line]
+        assert headers == ([HSTS] if tls else []), block
+    nginx = "/usr/sbin/nginx"
+    assert Path(nginx).exists(), "nginx not found: apt-get install nginx"
+    tls_dir = tmp_path / "tls"
+    subprocess.run([str(SYSTEMD / "flowtap-tls-cert"), "--dir", str(tls_dir)], check=True,
+                   capture_output=True, timeout=60)
+    (tmp_path / "flowtap.conf").write_text(site.replace("/etc/flowtap/tls", str(tls_dir)))
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path / 'nginx.pid'};\nevents {{}}\nhttp {{ include {tmp_path / 'flowtap.conf'}; }}\n")
+    proc = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                           "-e", str(tmp_path / "error.log")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "test is successful" in proc.stderr, proc.stderr
 
 
 # --- users and directories ---------------------------------------------------------------------

@@ -26,6 +26,8 @@ from .. import config as config_mod
 from ..config import Config
 
 DEFAULT_RUNTIME_DIR = "/run/flowtap"
+API_PREFIX = "/api/"
+INTERNAL_ERROR = "Something went wrong on the sensor: the journal of flowtap-web has the details."
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
@@ -62,23 +64,28 @@ def create_app(config: Config | None = None, config_path: str | os.PathLike[str]
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=False,           # True forces Secure; over TLS it is set anyway
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
-        LOGIN_LIMIT=5,                         # failures per client address per window → 429
-        LOGIN_LIMIT_GLOBAL=50,                 # failures from everyone per window → 429
+        SESSION_ABSOLUTE_LIFETIME=12 * 3600,   # seconds from login; requests never extend it
+        LOGIN_LIMIT=5,                         # failures per client (address, IPv6 /64) per window → 429
         LOGIN_WINDOW=300,                      # seconds
+        ARGON2_CONCURRENCY=2,                  # password checks at once (64 MiB and a core each)
+        ARGON2_QUEUE=16,                       # more wait their turn; beyond that: 503 busy
+        ARGON2_WAIT=20.0,                      # seconds a password check waits for its turn
         QUERY_TIME_LIMIT=10.0,                 # seconds for a page's query
         DOWNLOAD_TIME_LIMIT=3600.0,            # seconds for a streamed download's query
         STATUS_MAX_AGE=10.0,                   # status.json older than this: not recording
         PAGE_SIZE=50,
         STREAM_LIMIT=4,                        # live streams at once (`flowtap web` adds threads)
+        DOWNLOAD_LIMIT=2,                      # downloads at once (a thread each, as streams)
+        WRITE_TIMEOUT=60.0,                    # seconds a client may leave sent data unread
         STREAM_POLL=0.5,                       # seconds between a stream's looks at the archive
         STREAM_KEEPALIVE=10.0,                 # seconds of silence before a keep-alive line
     )
     app.config.update(settings or {})
 
-    from . import alerts, archives, auth, dashboard, search, settings as settings_bp, stream, tokens
+    from . import alerts, archives, auth, dashboard, limits, search, settings as settings_bp, stream, tokens
     auth.init_app(app)
     tokens.init_app(app)
-    stream.init_app(app)
+    limits.init_app(app)
     for bp in (auth.bp, dashboard.bp, search.bp, alerts.bp, archives.bp, settings_bp.bp, tokens.bp,
                stream.bp):
         app.register_blueprint(bp)
@@ -100,13 +107,22 @@ def create_app(config: Config | None = None, config_path: str | os.PathLike[str]
 
     for code, title in ((400, "Bad request"), (403, "Forbidden"), (404, "Not found"),
                         (405, "Method not allowed"), (413, "Request too large"),
-                        (429, "Too many attempts")):
+                        (429, "Too many attempts"), (500, "Internal error"),
+                        (503, "Service unavailable")):
         app.register_error_handler(code, _error_page(code, title))
     return app
 
 
 def _error_page(code: int, title: str):
+    """The styled error page for ``code``, or on the API (``/api/``) a one-line text answer, which
+    ``flowtap ra -S`` prints as it is. A 500 (an exception no view handled, logged with its
+    traceback) says only where to look."""
+    from .auth import plain_answer
+
     def handler(exc):
-        return render_template("error.html", code=code, title=title,
-                               message=getattr(exc, "description", "")), code
+        message = INTERNAL_ERROR if code == 500 else getattr(exc, "description", "") or title
+        headers = {k: v for k, v in exc.get_headers() if k == "Retry-After"}
+        if request.path.startswith(API_PREFIX):
+            return plain_answer(code, " ".join(str(message).split()), headers)
+        return render_template("error.html", code=code, title=title, message=message), code, headers
     return handler

@@ -20,7 +20,8 @@ from .. import alerts as _alerts
 from .. import fields as _fields
 from .. import filter as _filter
 from .. import query
-from . import search
+from . import archives as _archives
+from . import limits, search
 
 bp = Blueprint("alerts", __name__)
 
@@ -41,6 +42,11 @@ def directory() -> str:
 
 def deadline() -> float:
     return time.monotonic() + current_app.config["QUERY_TIME_LIMIT"]
+
+
+def _unreadable(exc: OSError) -> str:
+    """The alert store lives in the archive directory: what to say when it cannot be listed."""
+    return _archives.unreadable_directory(directory(), exc)
 
 
 def _timeout_message() -> str:
@@ -73,9 +79,10 @@ def _number(args: Any, name: str, high: int) -> int | None:
     raw = args.get(name, "").strip()
     if not raw:
         return None
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= high:
+    value = limits.whole_number(raw, 1, high)
+    if value is None:
         raise search.SearchError(name, f"must be a whole number from 1 to {high}")
-    return int(raw)
+    return value
 
 
 def _parse(text: str, field: str) -> Any:
@@ -128,9 +135,10 @@ def _page_number(args: Any, size: int) -> int:
     raw, high = args.get("page", ""), search.MAX_ROWS // size
     if not raw:
         return 1
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= high:
+    value = limits.whole_number(raw, 1, high)
+    if value is None:
         raise search.SearchError("page", f"must be a whole number from 1 to {high}")
-    return int(raw)
+    return value
 
 
 # --- template helpers ----------------------------------------------------------------------------
@@ -203,6 +211,8 @@ def dashboard_summary() -> dict[str, Any]:
         return {"count": None, "top": [], "error": _timeout_message()}
     except _alerts.AlertStoreError as e:
         return {"count": None, "top": [], "error": f"the alert store cannot be read: {e}"}
+    except OSError as e:
+        return {"count": None, "top": [], "error": _unreadable(e)}
     return {"count": count, "top": top, "error": None}
 
 
@@ -239,6 +249,8 @@ def index():
         ctx["error"], status = search.SearchError("", _timeout_message()), 503
     except _alerts.AlertStoreError as e:
         ctx["error"], status = search.SearchError("", f"the alert store cannot be read: {e}"), 500
+    except OSError as e:
+        ctx["error"], status = search.SearchError("", _unreadable(e)), 503
     return render_template("alerts.html", **ctx), status
 
 
@@ -246,7 +258,10 @@ def _alert(alert_id: str) -> dict[str, Any]:
     """The alert called ``alert_id`` (16 lower-case hex digits); 404 otherwise."""
     if not _alerts.ID_RE.match(alert_id):
         abort(404, "No such alert: an alert id is 16 hexadecimal digits.")
-    alert = _alerts.find(directory(), alert_id)
+    try:
+        alert = _alerts.find(directory(), alert_id)
+    except OSError as e:
+        abort(503, _unreadable(e))
     if alert is None:
         abort(404, "No such alert (it may have been removed with its archive).")
     return alert
@@ -256,9 +271,10 @@ def _around_seconds() -> int:
     raw = request.args.get("s", "")
     if not raw:
         return DEFAULT_AROUND
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_AROUND:
+    value = limits.whole_number(raw, 1, MAX_AROUND)
+    if value is None:
         abort(400, f"s: must be a whole number of seconds from 1 to {MAX_AROUND}.")
-    return int(raw)
+    return value
 
 
 @bp.route("/alerts/<alert_id>")
@@ -299,6 +315,7 @@ def around(alert_id: str):
 
 
 @bp.route("/alerts/<alert_id>/around.csv")
+@limits.download_slot
 def around_csv(alert_id: str):
     """The around view's whole result as CSV (search's columns), oldest first, streamed."""
     alert = _alert(alert_id)

@@ -26,6 +26,7 @@ from flask import Blueprint, Response, abort, current_app, g, render_template
 from .. import archive as _archive
 from .. import filter as _filter
 from .. import query
+from . import limits
 
 bp = Blueprint("archives", __name__)
 log = logging.getLogger(__name__)
@@ -45,8 +46,19 @@ _cache_lock = threading.Lock()
 
 
 def archive_paths() -> dict[str, Path]:
-    """Archive files by name, oldest first."""
-    return {p.name: p for p in _archive.list_archives(current_app.config["ARCHIVE_DIR"])}
+    """Archive files by name, oldest first; 503 when the directory cannot be read (every page
+    that shows records says so, rather than failing or showing an empty sensor)."""
+    directory = current_app.config["ARCHIVE_DIR"]
+    try:
+        return {p.name: p for p in _archive.list_archives(directory)}
+    except OSError as exc:
+        abort(503, unreadable_directory(directory, exc))
+
+
+def unreadable_directory(directory: str, exc: OSError) -> str:
+    """What to tell the admin when the page's user cannot list the archive directory."""
+    return (f"The archive directory {directory} cannot be read ({exc.strerror or exc}): the page's "
+            "user (flowtap-web, in group flowtap) needs to read and enter it.")
 
 
 def find(name: str) -> Path:
@@ -81,10 +93,13 @@ def request_conn(path: Path) -> sqlite3.Connection:
 
 def describe(path: Path) -> dict[str, Any]:
     """Name, size, state, span, records and drops of one archive (closed ones are cached)."""
-    st = path.stat()
-    closed = _archive.is_closed(path)
-    wal = Path(f"{path}-wal")
-    size = st.st_size + (wal.stat().st_size if wal.exists() else 0)
+    try:
+        st = path.stat()
+        closed = _archive.is_closed(path)
+    except OSError as exc:           # deleted by retention since the listing
+        return {"name": path.name, "size": None, "closed": True, "error": exc.strerror or str(exc),
+                "state": "unreadable", "first": None, "last": None, "records": None, "drops": None}
+    size = st.st_size + _wal_size(path)
     key = (path.name, st.st_mtime_ns, st.st_size)
     if closed and key in _cache:
         return _cache[key]
@@ -110,6 +125,14 @@ def describe(path: Path) -> dict[str, Any]:
                 _cache.clear()
             _cache[key] = d
     return d
+
+
+def _wal_size(path: Path) -> int:
+    """Bytes in an archive's WAL file (gone once the writer closed the archive: 0)."""
+    try:
+        return Path(f"{path}-wal").stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def oldest_record() -> float | None:
@@ -316,6 +339,7 @@ def index():
 
 
 @bp.route("/archives/<name>/<fmt>")
+@limits.download_slot
 def download(name: str, fmt: str):
     """One archive as SQLite (the open one as a snapshot), CSV.gz or JSON-lines.gz."""
     if fmt not in FORMATS:

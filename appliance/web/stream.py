@@ -18,25 +18,25 @@ rows the archives get from the attach on.
 Each yielded piece goes out at once: waitress 3 writes to the socket as soon as one byte is
 buffered (its ``send_bytes`` is 1), and nginx, told by ``X-Accel-Buffering: no`` (and its own
 ``proxy_buffering off``), passes it on. A bad filter is a 400 with the filter's one-line error
-before anything streams; more than STREAM_LIMIT streams at once a 503, so waitress keeps threads
-for the page.
+before anything streams; more than STREAM_LIMIT streams at once a 503 (limits.py), so waitress
+keeps threads for the page. An archive directory the page cannot read is a 503 at attach, and ends
+a running stream with an ``end`` line.
 """
 from __future__ import annotations
 
 import json
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, request
 
 from .. import archive as _archive
 from .. import query
-from . import search, tokens
+from . import archives, limits, search, tokens
 from .auth import plain_answer
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,6 @@ class Tail:
                 return
 
 
-def init_app(app: Flask) -> None:
-    """The stream slots (STREAM_LIMIT at once)."""
-    app.extensions["flowtap_streams"] = threading.BoundedSemaphore(app.config["STREAM_LIMIT"])
-
-
 @bp.route("/api/v1/stream")
 def stream():
     """Records as they reach the archive, filtered on the sensor (see the module docstring)."""
@@ -135,11 +130,10 @@ def stream():
             return plain_answer(400, f"filter error at column {e.position}: {e.message}")
         return plain_answer(400, f"-t {request.args.get('t', '')!r}: {e.message} "
                                  f"(column {e.position})")
-    slots = current_app.extensions["flowtap_streams"]
-    if not slots.acquire(blocking=False):
-        limit = current_app.config["STREAM_LIMIT"]
-        return plain_answer(503, f"the sensor serves {limit} streams at most: try again later",
-                            {"Retry-After": "60"})
+    streams = limits.slots("streams")
+    give_back = streams.take()
+    if give_back is None:
+        return plain_answer(503, streams.busy_message(), {"Retry-After": str(limits.RETRY_AFTER)})
     token, client, cfg = g.api_token, request.remote_addr, current_app.config
     try:
         tail = Tail(Path(cfg["ARCHIVE_DIR"]), ast, cfg["QUERY_TIME_LIMIT"])
@@ -148,15 +142,19 @@ def stream():
                       request.environ.get("waitress.client_disconnected", lambda: False),
                       cfg["STREAM_POLL"], cfg["STREAM_KEEPALIVE"])
         resp = Response(body, mimetype="application/x-ndjson")
+    except OSError as exc:                      # the archive directory: nothing to follow
+        give_back()
+        return plain_answer(503, archives.unreadable_directory(cfg["ARCHIVE_DIR"], exc),
+                            {"Retry-After": str(limits.RETRY_AFTER)})
     except BaseException:
-        slots.release()
+        give_back()
         raise
     resp.headers["X-Accel-Buffering"] = "no"          # nginx: pass each line on at once
     log.info("stream: token %r from %s attached at %s rowid %d, filter %r", token["name"], client,
              attach["archive"], attach["rowid"], request.args.get("filter", ""))
 
     def detach() -> None:        # the server closes the body however the stream ended
-        slots.release()
+        give_back()
         log.info("stream: token %r from %s detached", token["name"], client)
     resp.call_on_close(detach)
     return resp
@@ -173,13 +171,18 @@ def _lines(tail: Tail, attach: dict[str, Any], token_id: str, store: tokens.ApiT
             yield b'{"end":"the API token was revoked"}\n'
             return
         parts, size = [], 0
-        for record in tail.poll():
-            parts.append(_dumps(record) + "\n")
-            size += len(parts[-1])
-            if size >= CHUNK:
-                yield "".join(parts).encode()
-                parts, size = [], 0
-                quiet_since = time.monotonic()
+        try:
+            for record in tail.poll():
+                parts.append(_dumps(record) + "\n")
+                size += len(parts[-1])
+                if size >= CHUNK:
+                    yield "".join(parts).encode()
+                    parts, size = [], 0
+                    quiet_since = time.monotonic()
+        except OSError as exc:                  # the archive directory became unreadable
+            yield "".join(parts).encode() + (_dumps({"end": f"the archive directory cannot be read "
+                                                            f"({exc.strerror or exc})"}) + "\n").encode()
+            return
         if parts:
             yield "".join(parts).encode()
             quiet_since = time.monotonic()

@@ -255,13 +255,11 @@ def test_wrong_password_then_rate_limit_per_address(admin, app):
     assert login(app.test_client(), PASSWORD, addr="10.0.0.10").location == "/"
 
 
-def test_rate_limit_over_all_addresses(config_path, data_dir, runtime_dir):
-    app = create_app(config_path=config_path, data_dir=str(data_dir), runtime_dir=str(runtime_dir),
-                     settings={"TESTING": True, "LOGIN_LIMIT_GLOBAL": 8})
-    setup_password(app.test_client(), app)
+def test_failures_from_many_addresses_lock_nobody_else_out(admin, app):
+    """No limit over all addresses (issue 15, hole 1; more in test_web_auth.py)."""
     for i in range(8):
         assert login(app.test_client(), "wrong password", addr=f"10.1.0.{i}").status_code == 403
-    assert login(app.test_client(), PASSWORD, addr="10.1.1.1").status_code == 429
+    assert login(app.test_client(), PASSWORD, addr="10.1.1.1").location == "/"
 
 
 def test_rate_limit_applies_to_basic_auth(admin, app):
@@ -336,7 +334,8 @@ def test_security_headers_and_cookie_flags(app, client):
 # --- API tokens and the live record stream (end to end in test_stream.py) ---------------------------
 
 def make_token(admin, name: str = "laptop") -> str:
-    page = admin.post("/tokens", data={"csrf_token": csrf(admin, "/tokens"), "name": name})
+    page = admin.post("/tokens", data={"csrf_token": csrf(admin, "/tokens"), "name": name},
+                      follow_redirects=True)
     assert page.status_code == 200, page.text
     return re.search(r'<code id="token-secret">([^<]+)</code>', page.text).group(1)
 
@@ -397,9 +396,10 @@ def test_wrong_tokens_count_in_the_rate_limit(admin, app):
     for _ in range(5):
         assert anon.get("/api/v1/stream", headers=bearer("guess"),
                         environ_base={"REMOTE_ADDR": "10.3.0.1"}).status_code == 401
-    r = anon.get("/api/v1/stream", headers=bearer(token), environ_base={"REMOTE_ADDR": "10.3.0.1"})
-    assert r.status_code == 429                                         # even the right token: wait
-    assert anon.get("/api/v1/stream", headers=bearer(token), environ_base={"REMOTE_ADDR": "10.3.0.2"},
+    r = anon.get("/api/v1/stream", headers=bearer("guess"), environ_base={"REMOTE_ADDR": "10.3.0.1"})
+    assert r.status_code == 429 and "from this address" in r.text
+    # A valid token is a cheap lookup that cannot be guessed: accepted even from there (issue 15).
+    assert anon.get("/api/v1/stream", headers=bearer(token), environ_base={"REMOTE_ADDR": "10.3.0.1"},
                     buffered=False).status_code == 200
 
 
@@ -502,7 +502,7 @@ def test_live_sessions_are_the_busiest_recent_records_of_the_open_archive(admin,
         write_status(runtime_dir, archive={"current": w.current.path.name})
         page = admin.get("/live")
         assert page.status_code == 200
-        assert "does not publish its open sessions yet" in page.text
+        assert "Ended in the last minute" in page.text and 'id="open-sessions"' in page.text
         ports = [int(p) for p in re.findall(r'<td class="num">(4\d{4})</td>', page.text)]
         assert ports == list(range(40029, 40000 - 1, -1))      # by bytes, largest first
     finally:
@@ -619,7 +619,8 @@ def test_download_unknown_format(admin, archive_dir):
 
 def result_rows(text: str) -> list[list[str]]:
     body = text.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
-    return [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+    return [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
 
 
 def test_search_filters_sorts_and_pages(admin, archive_dir, app):
@@ -643,10 +644,11 @@ def test_search_filters_sorts_and_pages(admin, archive_dir, app):
     assert [int(x[7]) for x in up] == sorted(int(x[7]) for x in up) and all(x[2] == "tcp" for x in up)
 
 
-def test_search_default_range_is_the_last_hour(admin):
-    page = admin.get("/search")
-    assert page.status_code == 200 and 'value="-1h"' in page.text and "<tbody>" not in page.text
-    assert "no sessions" in admin.get("/search?t=-1h&filter=").text       # the captures are old
+def test_search_default_range_is_the_last_hour_of_the_data(admin):
+    page = admin.get("/search")          # the captures are old: the hour that ends with them
+    assert page.status_code == 200 and "the last hour of the data" in page.text and "<tbody>" not in page.text
+    assert 'value="-1h"' not in page.text
+    assert "no sessions" in admin.get("/search?t=-1h&filter=").text
 
 
 def test_search_time_range(admin, archive_dir):

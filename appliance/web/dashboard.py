@@ -1,20 +1,33 @@
 """The dashboard (with the alerts of the last hour), live sessions, /api/status, /metrics
-(Prometheus) and /healthz."""
+(Prometheus) and /healthz.
+
+The dashboard and the Live page each have a fragment route (``/dashboard/panel``, ``/live/panel``)
+that static/app.js swaps in every few seconds; a fragment carries the ``X-Flowtap-Fragment`` header
+so the script can tell it from a login page or an error page. Without the recorder the dashboard
+still shows what the archive directory itself says.
+"""
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, render_template
+from flask import Blueprint, Response, current_app, jsonify, make_response, render_template
 from markupsafe import Markup, escape
 
 from .. import __version__
+from .. import fields as _fields
 from . import alerts as _alerts_page
 from . import archives as _archives
 
 bp = Blueprint("dashboard", __name__)
+
+OPEN_SESSIONS_SHOWN = 64       # rows of status.json's top_sessions rendered at most (the recorder sends 20)
+TEXT_LIMIT = 64                # characters of a string field of an open session shown at most
+NEWEST_LOOKBACK = 3            # archives looked at, newest first, for the newest record (one may be empty)
 
 
 def read_status() -> dict[str, Any] | None:
@@ -42,8 +55,18 @@ def health(status: dict[str, Any] | None) -> str | None:
     return None
 
 
+def _number(value: Any) -> float | None:
+    """A finite number of at most 64 bits from status.json, else None (the file is parsed, not
+    trusted: JSON allows NaN and integers of any length)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int):
+        return value if abs(value) < 2**64 else None
+    return value if math.isfinite(value) else None
+
+
 def human_bytes(n: float | None) -> str:
-    if n is None:
+    if _number(n) is None:             # missing from an older or partial status.json
         return "–"
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -53,7 +76,7 @@ def human_bytes(n: float | None) -> str:
 
 
 def human_rate(n: float | None, unit: str) -> str:
-    if n is None:
+    if _number(n) is None:
         return "–"
     for prefix in ("", "k", "M", "G"):
         if abs(n) < 1000 or prefix == "G":
@@ -63,9 +86,9 @@ def human_rate(n: float | None, unit: str) -> str:
 
 
 def human_duration(seconds: float | None) -> str:
-    if seconds is None:
+    if _number(seconds) is None:
         return "–"
-    s = int(seconds)
+    s = max(0, int(seconds))           # a clock set back must not print "-1d 23h"
     d, s = divmod(s, 86400)
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
@@ -95,6 +118,83 @@ def chart(rates: list, column: int, title: str, unit: str, now: float) -> Markup
     return Markup("".join(out))
 
 
+def file_bytes(path: Path) -> int:
+    """Bytes of an archive with its WAL; 0 when retention removed it since it was listed."""
+    total = 0
+    for part in (path, Path(f"{path}-wal")):
+        try:
+            total += part.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def last_written(path: Path) -> float | None:
+    """When an archive (or its WAL, where an open archive's writes land first) last changed."""
+    times = []
+    for part in (path, Path(f"{path}-wal")):
+        try:
+            times.append(part.stat().st_mtime)
+        except OSError:
+            pass
+    return max(times, default=None)
+
+
+def newest_record(paths: list[Path]) -> float | None:
+    """Start time of the newest record, from the last few archives (a fresh one may be empty)."""
+    for path in reversed(paths[-NEWEST_LOOKBACK:]):
+        last = _archives.describe(path).get("last")
+        if last is not None:
+            return last
+    return None
+
+
+def archive_state() -> dict[str, Any]:
+    """What the archive directory says by itself, recorder or not: archives kept, their bytes, the
+    oldest and newest record, the filesystem's size and free space, the archive written last."""
+    directory = Path(current_app.config["ARCHIVE_DIR"])
+    paths = list(_archives.archive_paths().values())
+    state: dict[str, Any] = {
+        "dir": str(directory), "archives": len(paths), "bytes": sum(file_bytes(p) for p in paths),
+        "oldest": _archives.oldest_record(), "newest": newest_record(paths),
+        "last_name": paths[-1].name if paths else None,
+        "last_written": last_written(paths[-1]) if paths else None,
+        "fs_bytes": None, "fs_free": None, "free_percent": None, "error": None}
+    try:
+        fs = shutil.disk_usage(directory)
+    except OSError as e:
+        state["error"] = f"cannot read {directory}: {e.strerror or e}"
+        return state
+    state.update(fs_bytes=fs.total, fs_free=fs.free,
+                 free_percent=100.0 * fs.free / fs.total if fs.total else None)
+    return state
+
+
+def _text(value: Any) -> str:
+    return value[:TEXT_LIMIT] if isinstance(value, str) else ""
+
+
+def open_sessions(status: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The recorder's busiest open sessions (status.json ``top_sessions``, records as
+    ``capture.to_record`` makes them), checked field by field and at most OPEN_SESSIONS_SHOWN."""
+    rows = (status or {}).get("top_sessions")
+    if not isinstance(rows, list):
+        return []
+    out = []
+    for r in rows[:OPEN_SESSIONS_SHOWN]:
+        if not isinstance(r, dict):
+            continue
+        proto = r.get("proto") if isinstance(r.get("proto"), int) else None
+        saddr = _text(r.get("saddr"))
+        out.append({"stime": _number(r.get("stime")), "dur": _number(r.get("dur")),
+                    "proto": _fields.proto_name(proto, saddr) if proto is not None else "",
+                    "saddr": saddr, "sport": _number(r.get("sport")), "dir": _text(r.get("dir")),
+                    "daddr": _text(r.get("daddr")), "dport": _number(r.get("dport")),
+                    "pkts": _number(r.get("pkts")), "bytes": _number(r.get("bytes")),
+                    "state": _text(r.get("state"))})
+    return out
+
+
 def _view() -> dict[str, Any]:
     status = read_status()
     now = time.time()
@@ -102,15 +202,29 @@ def _view() -> dict[str, Any]:
     used = None
     if arch.get("fs_bytes"):
         used = 100.0 * (arch["fs_bytes"] - arch["fs_free"]) / arch["fs_bytes"]
+    disk = archive_state()
     return {"s": status, "problem": health(status), "now": now, "disk_used": used,
-            "horizon": _archives.oldest_record(),
+            "horizon": disk["oldest"], "disk": disk,
             "pps_chart": chart((status or {}).get("rates") or [], 1, "packets/s, last hour", "p/s", now),
             "bps_chart": chart((status or {}).get("rates") or [], 2, "bits/s, last hour", "b/s", now)}
+
+
+def fragment(template: str, name: str, **context: Any) -> Response:
+    """A page fragment for static/app.js, marked so it is never mistaken for a whole page."""
+    resp = make_response(render_template(template, **context))
+    resp.headers["X-Flowtap-Fragment"] = name
+    return resp
 
 
 @bp.app_template_filter("bytes")
 def _bytes_filter(n):
     return human_bytes(n)
+
+
+@bp.app_template_filter("thousands")
+def _thousands_filter(n):
+    """A count with thousands separators: 4,242,424; "–" when it is not a number."""
+    return "–" if _number(n) is None else f"{n:,.0f}"
 
 
 @bp.app_template_filter("duration")
@@ -125,7 +239,10 @@ def _rate_filter(n, unit=""):
 
 @bp.app_template_filter("clock")
 def _clock_filter(t):
-    return "–" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t)))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t)))
+    except (TypeError, ValueError, OverflowError, OSError):    # missing, not a time, out of range
+        return "–"
 
 
 @bp.route("/")
@@ -138,16 +255,28 @@ def index():
 @bp.route("/dashboard/panel")
 def panel():
     """The dashboard's live part alone (the page's script swaps it in every few seconds)."""
-    return render_template("_panel.html", **_view())
+    return fragment("_panel.html", "panel", **_view())
+
+
+def _live_view() -> dict[str, Any]:
+    status = read_status()
+    current = ((status or {}).get("archive") or {}).get("current")
+    rows, until = _archives.recent_sessions(current if isinstance(current, str) else None)
+    return {"s": status, "problem": health(status), "now": time.time(),
+            "open_sessions": open_sessions(status), "rows": rows, "until": until}
 
 
 @bp.route("/live")
 def live():
-    """The busiest sessions of the last minute of the open archive."""
-    status = read_status()
-    current = ((status or {}).get("archive") or {}).get("current")
-    rows, until = _archives.recent_sessions(current)
-    return render_template("live.html", rows=rows, until=until)
+    """The recorder's busiest open sessions (status.json) and the busiest records of the last
+    minute of the open archive."""
+    return render_template("live.html", **_live_view())
+
+
+@bp.route("/live/panel")
+def live_panel():
+    """The Live page's tables alone (the page's script swaps them in every few seconds)."""
+    return fragment("_live_panel.html", "live-panel", **_live_view())
 
 
 @bp.route("/api/status")

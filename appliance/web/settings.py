@@ -27,21 +27,115 @@ FORM = (
     ("sensor", "id", "Sensor id", "str", "Recorded in every session record (Argus SrcId)."),
     ("capture", "interfaces", "Interfaces", "list", "Space-separated, e.g. br0 (restart to apply)."),
     ("capture", "bpf", "BPF filter", "str", "Kernel filter, tcpdump syntax; empty: everything."),
-    ("flows", "timeout_tcp", "TCP idle timeout (s)", "int", ""),
-    ("flows", "timeout_udp", "UDP idle timeout (s)", "int", ""),
-    ("flows", "timeout_icmp", "ICMP idle timeout (s)", "int", ""),
-    ("flows", "timeout_other", "Other idle timeout (s)", "int", ""),
-    ("flows", "status_interval", "Status interval (s)", "int", "Status records of long sessions; 0: none."),
-    ("archive", "rotate_interval", "Rotate every (s)", "int", "UTC-aligned; 3600 = hourly."),
-    ("archive", "size_cap", "Rotate at size (bytes)", "int", ""),
-    ("archive", "quota_bytes", "Quota (bytes)", "int", "0: no byte quota."),
-    ("archive", "min_free_percent", "Keep free (% of the filesystem)", "float", ""),
-    ("archive", "max_age", "Maximum age (s)", "int", "0: keep until space is needed."),
+    ("flows", "timeout_tcp", "TCP idle timeout", "int", ""),
+    ("flows", "timeout_udp", "UDP idle timeout", "int", ""),
+    ("flows", "timeout_icmp", "ICMP idle timeout", "int", ""),
+    ("flows", "timeout_other", "Other idle timeout", "int", ""),
+    ("flows", "status_interval", "Status interval", "int", "Status records of long sessions; 0: none."),
+    ("archive", "rotate_interval", "Rotate every", "int", "UTC-aligned; 3600 = hourly."),
+    ("archive", "size_cap", "Rotate at size", "int", "The open archive is closed early at this size."),
+    ("archive", "quota_bytes", "Quota", "int", "0: no byte quota."),
+    ("archive", "min_free_percent", "Keep free", "float", "Share of the filesystem kept free."),
+    ("archive", "max_age", "Maximum age", "int", "0: keep until space is needed."),
 )
+# The unit the form's number is in (the input takes the plain number; the page also shows it in
+# bigger units: 536870912 bytes = 512 MiB).
+UNITS = {
+    "flows.timeout_tcp": "seconds", "flows.timeout_udp": "seconds", "flows.timeout_icmp": "seconds",
+    "flows.timeout_other": "seconds", "flows.status_interval": "seconds",
+    "archive.rotate_interval": "seconds", "archive.size_cap": "bytes", "archive.quota_bytes": "bytes",
+    "archive.min_free_percent": "%", "archive.max_age": "seconds",
+}
+BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+SPOKEN_SECONDS = (("day", 86_400), ("h", 3600), ("min", 60), ("s", 1))
 
 
 def field_name(section: str, key: str) -> str:
     return f"{section}.{key}"
+
+
+def binary_bytes(n: float) -> str:
+    """Bytes in the biggest binary unit that keeps the number at or above 1: 512 MiB, 1.5 GiB."""
+    for unit in BINARY_UNITS:
+        if abs(n) < 1024 or unit == BINARY_UNITS[-1]:
+            number = f"{n:,.0f}" if unit == "B" else f"{n:,.2f}".rstrip("0").rstrip(".")
+            return f"{number} {unit}"
+        n /= 1024
+    return ""
+
+
+def spoken_seconds(n: float) -> str:
+    """Seconds as days, hours, minutes and seconds, largest first: 3600 → 1 h, 90 → 1 min 30 s."""
+    left, parts = int(n), []
+    for name, size in SPOKEN_SECONDS:
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count:,} {name}{'s' if name == 'day' and count != 1 else ''}")
+    return " ".join(parts) or "0 s"
+
+
+def in_bigger_units(value: float, unit: str) -> str:
+    """The value as an operator reads it (bytes in MiB/GiB, seconds in h/min); "" when plain
+    already says it (small numbers, percent)."""
+    if unit == "bytes" and abs(value) >= 1024:
+        return binary_bytes(value)
+    if unit == "seconds" and abs(value) >= 60:
+        return spoken_seconds(value)
+    return ""
+
+
+def as_number(raw: Any, kind: str) -> float | None:
+    """A form value (typed from the file, or text as posted) as a number, or None: also for a
+    number no setting could hold (infinite, or beyond 64 bits), which is refused on saving anyway."""
+    if isinstance(raw, bool):
+        return None
+    try:
+        value = raw if isinstance(raw, (int, float)) else (
+            int(str(raw).strip()) if kind == "int" else float(str(raw).strip()))
+    except ValueError:
+        return None
+    return value if abs(value) < 2**64 else None          # False for inf and NaN too
+
+
+def default_value(section: str, key: str) -> Any:
+    """A key's default, as the form shows it (a list as space-separated words)."""
+    value = getattr(getattr(config_mod.Config(), section), key)
+    return " ".join(value) if isinstance(value, tuple) else value
+
+
+def plain_text(value: Any, unit: str | None) -> str:
+    """A value with its unit and, where it helps, in bigger units: 536870912 bytes (512 MiB)."""
+    if unit is None:
+        return str(value) if value != "" else "(empty)"
+    text = f"{value:g}%" if unit == "%" else f"{value:,} {unit}"
+    bigger = in_bigger_units(value, unit)
+    return f"{text} ({bigger})" if bigger else text
+
+
+def is_changed(value: Any, default: Any, kind: str) -> bool:
+    """Whether the form's value differs from the default (what an unset key would be)."""
+    if kind in ("int", "float"):
+        number = as_number(value, kind)
+        return number is None or number != default
+    if kind == "list":
+        return str(value).split() != str(default).split()
+    return str(value).strip() != default
+
+
+def fields_shown(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every form field with its unit, the value in bigger units, its default and whether it
+    differs from the default."""
+    out = []
+    for section, key, label, kind, help_ in FORM:
+        name = field_name(section, key)
+        unit, value, default = UNITS.get(name), values[name], default_value(section, key)
+        number = as_number(value, kind) if kind in ("int", "float") else None
+        out.append({"name": name, "label": label, "kind": kind, "help": help_, "unit": unit,
+                    "value": value, "default": default,
+                    "default_text": plain_text(default, unit),
+                    "bigger": in_bigger_units(number, unit) if number is not None and unit else "",
+                    "changed": is_changed(value, default, kind)})
+    return out
 
 
 def toml_value(value: Any) -> str:
@@ -185,9 +279,9 @@ def index():
                 write_atomically(path, to_toml(data))
             except OSError as e:
                 errors["file"] = f"{path}: cannot write: {e.strerror or e}"
-                return render_template("config.html", form=FORM, values=values, errors=errors,
+                return render_template("config.html", fields=fields_shown(values), errors=errors,
                                        path=path), 500
             log.info("configuration saved to %s (digest %s)", path, cfg.digest())
             flash(f"Saved {path}; {reload_recorder()}.")
             return redirect(url_for("settings.index"))
-    return render_template("config.html", form=FORM, values=values, errors=errors, path=path), status
+    return render_template("config.html", fields=fields_shown(values), errors=errors, path=path), status

@@ -1,4 +1,5 @@
-"""Shared fixtures: the shared test captures, a CLI runner, session records built by hand."""
+"""Shared fixtures: the shared test captures, a CLI runner, session records built by hand, and the
+web tests' data directories (a module's ``recorded`` fixture says what is recorded in them)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,39 @@ def pcaps_dir() -> pathlib.Path:
     """The shared captures, ``../shared/pcaps`` from the repository root. Missing is a failure."""
     path = (REPO / ".." / "shared" / "pcaps").resolve()
     assert path.is_dir(), f"test captures not found at {path}"
+    return path
+
+
+def record_captures(pcaps_dir: pathlib.Path, tmp_path_factory, captures: list[str]) -> pathlib.Path:
+    """A data directory whose archive/ holds real captures recorded by the Recorder (closed)."""
+    from appliance import config, recorder
+
+    data = tmp_path_factory.mktemp("recorded")
+    cfg = config.replace_section(config.override(config.Config(), data_dir=str(data)), "archive",
+                                 min_free_percent=0.0)
+    assert recorder.Recorder(cfg).record_files([str(pcaps_dir / c) for c in captures]) == []
+    return data
+
+
+@pytest.fixture
+def data_dir(recorded, tmp_path) -> pathlib.Path:
+    """A fresh copy of the module's ``recorded`` data directory (closed archives stay read-only)."""
+    import shutil
+
+    out = tmp_path / "data"
+    shutil.copytree(recorded, out)
+    return out
+
+
+@pytest.fixture
+def archive_dir(data_dir) -> pathlib.Path:
+    return data_dir / "archive"
+
+
+@pytest.fixture
+def runtime_dir(tmp_path) -> pathlib.Path:
+    path = tmp_path / "run"
+    path.mkdir()
     return path
 
 

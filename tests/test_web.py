@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance import archive, config, recorder
+from appliance import archive, config
 from appliance.capture import check_bpf
 from appliance.cli import cli
 from appliance.web import create_app, settings
-from conftest import damage_page
+from conftest import damage_page, record_captures
 
 PASSWORD = "correct horse battery"
 CAPTURES = ["basic/dpkt-http.pcap", "basic/tcpreplay-test.pcap", "basic/pcpp-dns.pcap"]
@@ -43,31 +43,7 @@ PROTECTED = ["/", "/dashboard/panel", "/live", "/search", "/search?t=&filter=tcp
 @pytest.fixture(scope="module")
 def recorded(pcaps_dir, tmp_path_factory) -> Path:
     """A data directory whose archive/ holds real captures recorded by the Recorder (closed)."""
-    data = tmp_path_factory.mktemp("recorded")
-    cfg = config.override(config.Config(), data_dir=str(data))
-    cfg = config.replace_section(cfg, "archive", min_free_percent=0.0)
-    assert recorder.Recorder(cfg).record_files([str(pcaps_dir / c) for c in CAPTURES]) == []
-    return data
-
-
-@pytest.fixture
-def data_dir(recorded, tmp_path) -> Path:
-    """A fresh copy of the recorded data directory (closed archives stay read-only)."""
-    out = tmp_path / "data"
-    shutil.copytree(recorded, out)
-    return out
-
-
-@pytest.fixture
-def archive_dir(data_dir) -> Path:
-    return data_dir / "archive"
-
-
-@pytest.fixture
-def runtime_dir(tmp_path) -> Path:
-    path = tmp_path / "run"
-    path.mkdir()
-    return path
+    return record_captures(pcaps_dir, tmp_path_factory, CAPTURES)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import hashlib
 import html
 import io
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -104,18 +103,6 @@ def recorded(pcaps_dir, tmp_path_factory, capture_sessions) -> Path:
     ])
     assert imported.imported == 7 and imported.linked == 5
     return data
-
-
-@pytest.fixture
-def data_dir(recorded, tmp_path) -> Path:
-    out = tmp_path / "data"
-    shutil.copytree(recorded, out)
-    return out
-
-
-@pytest.fixture
-def archive_dir(data_dir) -> Path:
-    return data_dir / "archive"
 
 
 @pytest.fixture

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance import alerts, archive, config, recorder
+from appliance import alerts, archive
 from appliance.alert_types import Alert
 from appliance.web import create_app, limits
 from test_web import bearer, make_token, setup_password, write_status
+from conftest import record_captures
 
 TESTS = Path(__file__).resolve().parent
 BIG = "flows-20200101T000000Z.sqlite"
@@ -34,25 +35,7 @@ BIG_SIZE = 24 * 1024 * 1024        # far more than the socket buffers and waitre
 @pytest.fixture(scope="module")
 def recorded(pcaps_dir, tmp_path_factory) -> Path:
     """A data directory whose archive/ holds a real capture recorded by the Recorder (closed)."""
-    data = tmp_path_factory.mktemp("recorded")
-    cfg = config.override(config.Config(), data_dir=str(data))
-    cfg = config.replace_section(cfg, "archive", min_free_percent=0.0)
-    assert recorder.Recorder(cfg).record_files([str(pcaps_dir / "basic/dpkt-http.pcap")]) == []
-    return data
-
-
-@pytest.fixture
-def data_dir(recorded, tmp_path) -> Path:
-    out = tmp_path / "data"
-    shutil.copytree(recorded, out)
-    return out
-
-
-@pytest.fixture
-def runtime_dir(tmp_path) -> Path:
-    path = tmp_path / "run"
-    path.mkdir()
-    return path
+    return record_captures(pcaps_dir, tmp_path_factory, ["basic/dpkt-http.pcap"])
 
 
 def make_app(data_dir: Path, runtime_dir: Path, testing: bool = True, **settings):

@@ -18,6 +18,7 @@ from flask import render_template_string
 
 from appliance import archive, capture, config, recorder
 from appliance.web import create_app, dashboard, settings
+from conftest import record_captures
 from pcapgen import merge, tcp_session, udp_exchange, write_pcap
 
 PASSWORD = "amber lights on a quiet tap 7"
@@ -29,25 +30,7 @@ CAPTURES = ["basic/dpkt-http.pcap", "basic/pcpp-dns.pcap"]
 @pytest.fixture(scope="module")
 def recorded(pcaps_dir, tmp_path_factory) -> Path:
     """A data directory whose archive/ holds real captures recorded by the Recorder (closed)."""
-    data = tmp_path_factory.mktemp("recorded")
-    cfg = config.replace_section(config.override(config.Config(), data_dir=str(data)), "archive",
-                                 min_free_percent=0.0)
-    assert recorder.Recorder(cfg).record_files([str(pcaps_dir / c) for c in CAPTURES]) == []
-    return data
-
-
-@pytest.fixture
-def data_dir(recorded, tmp_path) -> Path:
-    out = tmp_path / "data"
-    shutil.copytree(recorded, out)
-    return out
-
-
-@pytest.fixture
-def runtime_dir(tmp_path) -> Path:
-    path = tmp_path / "run"
-    path.mkdir()
-    return path
+    return record_captures(pcaps_dir, tmp_path_factory, CAPTURES)
 
 
 @pytest.fixture

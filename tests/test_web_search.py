@@ -21,8 +21,7 @@ import pytest
 
 from appliance import archive
 from appliance.web import search
-from test_web import (admin, all_records, app, archive_dir, client, config_path, data_dir,  # noqa: F401
-                      open_archive, recorded, runtime_dir)
+from test_web import admin, all_records, app, client, config_path, open_archive, recorded  # noqa: F401
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 

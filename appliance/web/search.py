@@ -249,18 +249,20 @@ def _around_damage(path: Path, fq: Any, sort: str, desc: bool, want: int,
     return pick(want, readable(), key=lambda r: (r[0] is not None, r[0] if r[0] is not None else 0, r[1]))
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    """A whole-number query argument: ASCII digits only ('²'.isdigit() is True too)."""
-    raw = request.args.get(name, "")
+def _page_arg(size: int) -> int:
+    """The page= argument (``limits.whole_number``); past the deepest page, a 400 that says how to
+    see further."""
+    raw, high = request.args.get("page", ""), MAX_ROWS // size
     if not raw:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < low:
-        abort(400, f"{name}: must be a whole number from {low} to {high}.")
-    if int(raw) > high:
-        abort(400, f"{name}: deep pages need a narrower search: a page may start at most "
+        return 1
+    if limits.whole_number(raw, 1, 10 ** 18) is None:
+        abort(400, f"page: must be a whole number from 1 to {high}.")
+    value = limits.whole_number(raw, 1, high)
+    if value is None:
+        abort(400, f"page: deep pages need a narrower search: a page may start at most "
                    f"{MAX_ROWS:,} rows into the result (page {high}). Narrow the time range or the "
                    "filter, or download the whole result.")
-    return int(raw)
+    return value
 
 
 def _closing(items: Iterator[tuple[Path, Any]]) -> Iterator[tuple[Path, Any]]:
@@ -446,7 +448,7 @@ def index():
     searched = "t" in args or "filter" in args
     view = view_of(args)
     size = current_app.config["PAGE_SIZE"]
-    pageno = _int_arg("page", 1, 1, MAX_ROWS // size)
+    pageno = _page_arg(size)
     span = data_span()
     now = time.time()
     default_note = None

@@ -31,21 +31,24 @@ import dataclasses
 import functools
 import itertools
 import math
+import operator
 import os
-import queue
 import re
 import sqlite3
-import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from . import archive as _archive
 from . import filter as _filter
 from . import query
-from .alert_types import PORT_PROTOS, Alert
+from .alert_types import PORT_PROTOS, Alert, row_of
 
 SCHEMA_VERSION = 1
 NAME_RE = re.compile(r"^alerts-(\d{8}T\d{2})0000Z\.sqlite$")
@@ -220,100 +223,122 @@ def import_alerts(directory: str | os.PathLike[str], alerts: Iterable[Alert],
     :param link: False skips the count (``linked``/``unlinked`` stay 0).
     :raises AlertStoreError: a file cannot be written (the batches before it are kept).
     """
+    return import_rows(directory, map(row_of, alerts), link)
+
+
+def import_rows(directory: str | os.PathLike[str], rows: Iterable[tuple],
+                link: bool = True) -> ImportResult:
+    """``import_alerts`` of the alerts' rows (``alert_types.ROW_FIELDS``, as
+    ``alert_formats.read_rows`` gives them): batch by batch, each batch's links counted on a
+    thread of their own while the next is read and written (``_LinkCounter``).
+
+    :raises AlertStoreError: as ``import_alerts``.
+    """
     directory = store_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     result = ImportResult()
-    pending: dict[float, list[tuple]] = {}
-    n = 0
-    now = time.time()
-
-    def flush() -> None:
-        # Linked now, batch by batch: memory stays one batch whatever the file's size.
-        inserted = _write(directory, pending, result)
-        if link and inserted:
-            linked = count_linked(directory, inserted)
-            result.linked += linked
-            result.unlinked += len(inserted) - linked
-        pending.clear()
-
-    for a in _read_ahead(alerts):
-        result.read += 1
-        if not 0 <= a.time < LAST_TIME:          # also NaN
-            result.rejected += 1
-            continue
-        row = (_signed(a.id), a.time, a.gid, a.sid, a.rev, a.msg, a.priority, a.classification,
-               a.proto, a.saddr, a.sport, a.daddr, a.dport, a.community_id, a.flow_id,
-               a.app_proto, a.action, a.format, now)
-        pending.setdefault(hour_of(a.time), []).append(row)
-        n += 1
-        if n >= BATCH:
-            flush()
-            n = 0
-    flush()
+    with _LinkCounter(directory, result) as counter:
+        for batch in _batches(rows, result, time.time()):
+            inserted = _write(directory, batch, result)
+            if link:
+                counter.submit(inserted)
     return result
 
 
-def _read_ahead(alerts: Iterable[Alert], chunk: int = 2000) -> Iterator[Alert]:
-    """``alerts``, parsed on a thread of their own while this one writes and links: SQLite lets go
-    of the GIL while it works, so parsing (Python) and linking (SQLite) use two cores. An error
-    from the reader comes out here, after the alerts before it."""
-    q: queue.Queue = queue.Queue(maxsize=8)           # at most 8 chunks ahead: memory stays small
-    stop = threading.Event()
+def _batches(rows: Iterable[tuple], result: ImportResult,
+             now: float) -> Iterator[dict[float, list[tuple]]]:
+    """``rows`` with their import time (``ALERT_NAMES`` rows) by hour, BATCH at a time; a time no
+    hour file can name is counted (``rejected``) and dropped."""
+    pending: dict[float, list[tuple]] = {}
+    n = 0
+    imported_at = (now,)
+    for row in rows:
+        result.read += 1
+        t = row[1]
+        if not 0 <= t < LAST_TIME:               # also NaN
+            result.rejected += 1
+            continue
+        pending.setdefault(hour_of(t), []).append(row + imported_at)
+        n += 1
+        if n >= BATCH:
+            yield pending
+            pending, n = {}, 0
+    if pending:
+        yield pending
 
-    def produce() -> None:
+
+class _LinkCounter:
+    """Counts the links of each written batch (``count_linked``) on a thread of its own while the
+    next batch is read and written. The count is SQLite's work (it takes the batch from the hour
+    files just written, and seeks through the archives), done without the GIL: on the second
+    core. One batch at a time: memory stays two batches."""
+
+    def __init__(self, directory: Path, result: ImportResult):
+        self.directory, self.result = directory, result
+        self.pool: ThreadPoolExecutor | None = None
+        self.running: tuple[Future, int] | None = None
+
+    def __enter__(self) -> _LinkCounter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
         try:
-            it = iter(alerts)
-            while not stop.is_set():
-                part = list(itertools.islice(it, chunk))
-                if not part:
-                    break
-                q.put(part)
-        except BaseException as e:                    # handed to the consumer, raised there
-            q.put(e)
-        q.put(None)
+            if kind is None:
+                self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)       # a count still running ends first
 
-    t = threading.Thread(target=produce, name="alert-reader", daemon=True)
-    t.start()
-    try:
-        while (part := q.get()) is not None:
-            if isinstance(part, BaseException):
-                raise part
-            yield from part
-    finally:
-        stop.set()
-        while t.is_alive():                           # unblock a producer waiting on a full queue
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        t.join()
+    def submit(self, inserted: dict[Path, list[tuple]]) -> None:
+        """Count the links of ``_write``'s rows, once the previous batch's count is added."""
+        n = sum(map(len, inserted.values()))
+        if not n:
+            return
+        self.wait()
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="alert-links")
+        self.running = (self.pool.submit(count_linked, self.directory, inserted), n)
+
+    def wait(self) -> None:
+        """Add the running count to the result."""
+        if self.running is not None:
+            future, n = self.running
+            self.running = None
+            linked = future.result()
+            self.result.linked += linked
+            self.result.unlinked += n - linked
 
 
-def _write(directory: Path, pending: dict[float, list[tuple]], result: ImportResult) -> list[tuple]:
-    """One transaction per hour file; the rows actually inserted (not already there)."""
-    inserted: list[tuple] = []
+_ID = operator.itemgetter(0)
+
+
+def _write(directory: Path, pending: dict[float, list[tuple]],
+           result: ImportResult) -> dict[Path, list[tuple]]:
+    """One transaction per hour file; the rows actually inserted (not already there), by file."""
+    inserted: dict[Path, list[tuple]] = {}
     marks = ", ".join("?" * len(ALERT_NAMES))
     for hour, rows in sorted(pending.items()):
         path = directory / file_name(hour)
-        new = list({row[0]: row for row in rows}.values())        # a line twice in one batch
+        # Once each (a line twice in one batch), in id order: each insert lands beside the last
+        # in the table's B-tree.
+        new = sorted({row[0]: row for row in rows}.values(), key=_ID)
         try:
             conn = _open_write(path)
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                there: set[int] = set()
-                for i in range(0, len(new), 500):
-                    ids = [row[0] for row in new[i:i + 500]]
-                    there.update(x for (x,) in conn.execute(
-                        f"SELECT id FROM alerts WHERE id IN ({', '.join('?' * len(ids))})", ids))
-                # In id order: each insert lands beside the last in the table's B-tree.
-                new = sorted(row for row in new if row[0] not in there)
+                # The ids already there, in one statement (the list as one JSON parameter).
+                there = {x for (x,) in conn.execute(
+                    "SELECT id FROM alerts WHERE id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps([row[0] for row in new]),))}
+                if there:
+                    new = [row for row in new if row[0] not in there]
                 conn.executemany(f"INSERT INTO alerts VALUES ({marks})", new)
                 conn.execute("COMMIT")
             finally:
                 conn.close()
         except sqlite3.Error as e:
             raise AlertStoreError(f"{path.name}: cannot write alerts ({e})") from None
-        inserted += new
+        inserted[path] = new
         result.imported += len(new)
         result.duplicates += len(rows) - len(new)
     return inserted
@@ -391,25 +416,70 @@ def _direct_sql(select: str, reach: float = 0.0) -> str:
             f" AND f.stime >= a.time - {WINDOW + reach} - :maxdur")
 
 
-def count_linked(directory: Path, rows: Sequence[tuple]) -> int:
-    """How many of these alerts (``ALERT_NAMES`` rows) link to a session recorded so far."""
-    by_time = sorted(rows, key=lambda r: r[1])
+def count_linked(directory: Path, inserted: dict[Path, list[tuple]]) -> int:
+    """How many of the alerts just written (``ALERT_NAMES`` rows, by hour file) link to a session
+    recorded so far."""
+    times = [r[1] for rows in inserted.values() for r in rows]
+    if not times:
+        return 0
     linked: set[int] = set()
-    for span in _archives(directory, by_time[0][1] - WINDOW, by_time[-1][1] + WINDOW):
-        # By source address and time: the seeks into (saddr, stime) go through the index in order.
-        mine = sorted(((r[0], r[1], r[8], r[9], r[10], r[11], r[12], r[13], r[3], r[2]) for r in by_time
-                       if r[0] not in linked and span.first - WINDOW <= r[1] <= span.last + WINDOW),
-                      key=lambda m: (m[3] or "", m[1]))
-        if not mine:
-            continue
-        # EXISTS stops at an alert's first record: a count needs no more.
-        sql = (f"SELECT a.id FROM temp.a AS a WHERE EXISTS (SELECT 1 FROM {query.source()} AS f"
-               f" WHERE {LINK_RULE} AND f.stime >= a.time - {WINDOW} - :maxdur)")
-        try:
-            linked.update(x for (x,) in _query(span, None, sql, {"maxdur": span.maxdur}, rows=mine))
-        except AlertStoreError:
-            continue              # a damaged archive links nothing here; ra names it
+    for span in _archives(directory, min(times) - WINDOW, max(times) + WINDOW):
+        linked |= _linked_ids(span, inserted)
     return len(linked)
+
+
+_LINK_NAMES = ("id", "time", "proto", "saddr", "sport", "daddr", "dport", "community_id")   # LINK_RULE's
+# By source address and time: the seeks into (saddr, stime) go through the index in order. EXISTS
+# stops at an alert's first record: a count needs no more. One row: the GIL is taken back once.
+_LINKED_SQL = (f"SELECT group_concat(a.id) FROM (SELECT * FROM temp.a ORDER BY saddr, time) AS a"
+               f" WHERE EXISTS (SELECT 1 FROM {query.source()} AS f"
+               f" WHERE {LINK_RULE} AND f.stime >= a.time - {WINDOW} - :maxdur)")
+
+
+def _linked_ids(span: _Span, inserted: dict[Path, list[tuple]]) -> set[int]:
+    """The ids of the alerts that link to a record of this archive (none if it cannot be read:
+    ra names it)."""
+    try:
+        conn = query.connect(span.path)
+    except query.QueryError:
+        return set()                  # damaged since it was listed
+    conn.isolation_level = None       # autocommit: a statement lets go of an hour file as it ends
+    try:
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")     # index pages the seeks come back to
+        # Not memory-mapped, though a map saves ~40% of this CPU: a read error (a failing SD card)
+        # would then kill the import with SIGBUS instead of failing this archive's statement.
+        conn.execute(f"CREATE TEMP TABLE a ({', '.join(_LINK_NAMES)})")
+        for path, rows in inserted.items():
+            _load_linkable(conn, path, rows, span.first - WINDOW, span.last + WINDOW)
+        (ids,) = conn.execute(_LINKED_SQL, {"maxdur": span.maxdur}).fetchone()
+    except sqlite3.Error:
+        return set()
+    finally:
+        conn.close()
+    return {int(x) for x in ids.split(",")} if ids else set()
+
+
+def _load_linkable(conn: sqlite3.Connection, path: Path, rows: list[tuple], lo: float,
+                   hi: float) -> None:
+    """Into ``temp.a``: ``rows`` (just written to the hour file ``path``) timed in [lo, hi]. Copied
+    from the file in one statement, not bound row by row from Python: a thread binding rows
+    would wait for the GIL at each one while the importer parses."""
+    try:
+        conn.execute("ATTACH DATABASE ? AS h", (f"file:{urllib.parse.quote(str(path))}?mode=ro",))
+        try:
+            conn.execute(f"INSERT INTO temp.a SELECT {', '.join(_LINK_NAMES)} FROM h.alerts"
+                         " WHERE id IN (SELECT value FROM json_each(?)) AND time >= ? AND time <= ?",
+                         (orjson.dumps([r[0] for r in rows]), lo, hi))
+            return
+        finally:
+            conn.execute("DETACH DATABASE h")
+    except sqlite3.Error:
+        pass                          # the file is gone (retention) or busy: the rows from here
+    conn.executemany(f"INSERT INTO temp.a VALUES ({', '.join('?' * len(_LINK_NAMES))})",
+                     [_LINK_VALUES(r) for r in rows if lo <= r[1] <= hi])
+
+
+_LINK_VALUES = operator.itemgetter(*(ALERT_NAMES.index(n) for n in _LINK_NAMES))
 
 
 def _link_row(a: dict[str, Any]) -> tuple:

@@ -10,6 +10,7 @@ import io
 import ipaddress
 import json
 import pathlib
+import re
 import struct
 import time
 
@@ -328,7 +329,7 @@ def test_feb_29():
 
 # --- bad lines --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt, line, reason", [
+BAD_LINES = [
     ("eve", "{not json", "not JSON"),
     ("eve", "[1, 2]", "not an object"),
     ("eve", '"alert"', "not an object"),
@@ -378,7 +379,10 @@ def test_feb_29():
     ("fast", FAST.format(date="05/13").replace("10.0.0.1:1", "10.0.0.999:1"), "not an IP address"),
     ("fast", FAST.format(date="05/13").replace("[1:2:3]", "[1:2:99999999999]"), "not an alert_fast line"),
     ("fast", FAST.format(date="05/13/1969"), "year 1969 out of range"),
-])
+]
+
+
+@pytest.mark.parametrize("fmt, line, reason", BAD_LINES)
 def test_bad_lines(fmt, line, reason):
     with pytest.raises(AlertError, match=reason):
         af.parse_line(fmt, line, year=2004)
@@ -620,3 +624,89 @@ def test_pathological_fast_lines_do_not_hang():
         with pytest.raises(AlertError):
             af.parse_line("fast", line, year=2004)
     assert time.monotonic() - start < 5
+
+
+# --- EVE straight to rows (what `flowtap alerts import` reads) ------------------------------------
+
+def odd_eve_lines() -> list[bytes]:
+    """EVE lines the row fast path must read as ``read`` does: well-formed, unusual and hostile."""
+    bad_eve = [line for fmt, line, _ in BAD_LINES if fmt == "eve"]
+    odd = [eve(), eve(src_port="3372", dest_port="80"), eve(flow_id="12"), eve(flow_id=2**63),
+           eve(flow_id=2**63 - 1), eve(alert={"signature_id": "7"}), eve(alert={"signature_id": 7, "rev": None}),
+           eve(alert={"signature_id": 7, "gid": True}), eve(alert={"signature_id": 4294967295, "severity": 2**32}),
+           eve(alert={"signature_id": 7, "signature": 5}), eve(alert={"signature_id": 7, "category": ""}),
+           eve(alert={"signature_id": 7, "action": ["x"]}), eve(app_proto=3), eve(community_id="x" * 65),
+           eve(community_id="x" * 64), eve(proto=None), eve(proto="icmp", src_port=8, dest_port=0),
+           eve(proto="ipv6-icmp", src_ip="2001:DB8::1", dest_ip="2001:db8:0:0::2"),
+           eve(src_ip="[2001:db8::1]"), eve(src_ip=" 10.0.0.1 "), eve(src_ip="010.0.0.1"),
+           eve(timestamp="2004-05-13T12:17:08.2225349+0200"), eve(timestamp="2004-05-13T12:17:08.2+0200"),
+           eve(timestamp="2004-05-13T12:17:08.222534"), eve(timestamp="2004-05-13T12:17:08.222534Z"),
+           eve(timestamp="2004-05-13 12:17:08.222534+02:00"), eve(timestamp="2004-05-13T12:17:60.222534+0200"),
+           eve(timestamp="2004-05-13T12:17:08.22253４+0200"), eve(timestamp="２004-05-13T12:17:08.222534+0200"),
+           eve(timestamp="2004-05-13T12:17:08.22253²+0200"),
+           eve(timestamp="2004-05-13T12:17:08.222534+0200x"), eve(timestamp="2004-05-13T12:17:08.-22534+0200"),
+           eve(timestamp="9999-12-31T23:59:59.999999+0000"), eve(timestamp=12),
+           eve(alert={"signature_id": 7, "signature": "caf\u00e9 \u2603 \U0001f600"}),
+           eve(event_type="dns", alert=None), eve(event_type="http"), eve(event_type=None),
+           re.sub(r'"event_type": "alert"', '"event_type" :\t"alert"', eve()),
+           '{"x": {"event_type": "flow"}, ' + eve()[1:],           # the first event_type is nested
+           '{"x": "\\"event_type\\": \\"alert\\"", "event_type": "flow"}',
+           '{"event_type": "alert", "event_type": "flow", "alert": {"signature_id": 1}}',
+           '  ' + eve() + '  ', "[" + eve() + "]", eve() + " x", "", "# " + eve()]
+    out = [x.encode() for x in bad_eve + odd]
+    out.append(eve().replace("LOCAL GET", "LOCAL \udcff GET").encode("utf-8", "surrogateescape"))
+    out.append(eve().replace("LOCAL GET", "LOCAL \udced\udca0\udc80 GET").encode("utf-8", "surrogateescape"))
+    out.append(eve().encode()[:-5] + b"\xff" + eve().encode()[-5:])
+    out.append(b'{"event_type":"alert",' + b'"a":' * 5000 + b"1" + b"}" * 5001)
+    return out
+
+
+@pytest.mark.parametrize("sid_map", [None, {(1, 1000001): "from the map", (1, 7): "seven"}])
+def test_read_rows_are_the_rows_of_read_line_by_line_and_together(sid_map):
+    """The EVE fast path changes nothing: for each odd line alone, and all of them in one stream
+    (with CR LF, and forced or detected), the rows and every count equal ``row_of`` of ``read``."""
+    from appliance.alert_types import row_of
+    lines = odd_eve_lines()
+    streams = [line + b"\n" for line in lines]
+    streams.append(b"\n".join(lines) + b"\n")
+    streams.append(b"\r\n".join(lines))
+    for data in streams:
+        for fmt in ("eve", None):
+            want_stats, got_stats = af.ReadStats(), af.ReadStats()
+            try:
+                want = [row_of(a) for a in af.read(io.BytesIO(data), fmt, sid_map=sid_map, stats=want_stats)]
+            except AlertError as e:                        # detection refused the first line
+                with pytest.raises(AlertError, match=re.escape(str(e))):
+                    list(af.read_rows(io.BytesIO(data), fmt, sid_map=sid_map, stats=got_stats))
+                continue
+            got = list(af.read_rows(io.BytesIO(data), fmt, sid_map=sid_map, stats=got_stats))
+            assert got == want and got_stats == want_stats, data[:200]
+
+
+def test_read_rows_takes_the_fast_path_for_plain_alerts_only():
+    """A plain alert line becomes its row without an Alert; an odd one is left to ``_eve``."""
+    from appliance.alert_types import row_of
+    line = eve().encode()
+    assert af._eve_row(line, None) == row_of(af.parse_line("eve", eve()))
+    for odd in (eve(src_port="3372"), eve(timestamp="2004-05-13T12:17:08+0200x"), eve(event_type="dns")):
+        assert af._eve_row(odd.encode(), None) is None
+
+
+def test_read_rows_of_other_formats_and_of_nothing():
+    from appliance.alert_types import row_of
+    data = (FAST.format(date="05/13") + "\nhello\n").encode()
+    stats = af.ReadStats()
+    assert list(af.read_rows(io.BytesIO(data), year=2004, stats=stats)) == [
+        row_of(a) for a in read_all(data, year=2004)[0]]
+    assert (stats.read, stats.bad) == (1, 1)
+    assert list(af.read_rows(io.BytesIO(b""))) == []
+    with pytest.raises(AlertError, match="unknown format"):
+        list(af.read_rows(io.BytesIO(data), "snort2"))
+
+
+def test_row_id_is_the_alert_id_as_a_signed_rowid():
+    from appliance.alert_types import alert_id, row_id
+    for fmt, raw in (("eve", eve()), ("fast", "x \udcff \u00e9"), ("unified2", "")):
+        want = int(alert_id(fmt, raw), 16)
+        assert row_id(fmt.encode(), raw.encode("utf-8", "surrogatepass")) == (
+            want - (1 << 64) if want >= 1 << 63 else want)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from . import record as _record
 from .capture import RECORD_SIZE, ArchiveStore
 from .config import ArchiveConfig
 
@@ -38,24 +39,11 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 NAME_RE = re.compile(r"^flows-(\d{8}T\d{6}Z)(?:-(\d+))?\.sqlite$")
 
-# The flows table: Argus field names (see appliance/fields.py for labels and formats).
-FLOW_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("srcid", "TEXT"), ("seq", "INTEGER"), ("cause", "TEXT"), ("stime", "REAL"), ("ltime", "REAL"),
-    ("dur", "REAL"), ("proto", "INTEGER"), ("saddr", "TEXT"), ("sport", "INTEGER"),
-    ("daddr", "TEXT"), ("dport", "INTEGER"), ("dir", "TEXT"), ("state", "TEXT"),
-    ("spkts", "INTEGER"), ("dpkts", "INTEGER"), ("sbytes", "INTEGER"), ("dbytes", "INTEGER"),
-    ("sappbytes", "INTEGER"), ("dappbytes", "INTEGER"), ("stos", "INTEGER"), ("dtos", "INTEGER"),
-    ("sttl", "INTEGER"), ("dttl", "INTEGER"), ("smac", "TEXT"), ("dmac", "TEXT"),
-    ("svlan", "INTEGER"), ("dvlan", "INTEGER"), ("smpls", "INTEGER"), ("dmpls", "INTEGER"),
-    ("sflags", "TEXT"), ("dflags", "TEXT"), ("synack", "REAL"), ("ackdat", "REAL"),
-    ("tcprtt", "REAL"), ("sretrans", "INTEGER"), ("dretrans", "INTEGER"), ("sgap", "INTEGER"),
-    ("dgap", "INTEGER"), ("smaxsz", "INTEGER"), ("sminsz", "INTEGER"), ("dmaxsz", "INTEGER"),
-    ("dminsz", "INTEGER"), ("flgs", "TEXT"), ("conn_state", "TEXT"), ("history", "TEXT"),
-    ("community_id", "TEXT"), ("sintf", "INTEGER"),
-)
+# The flows table: the stored columns of appliance/record.py (Argus field names, fields.py's labels).
+FLOW_COLUMNS: tuple[tuple[str, str], ...] = tuple((c.name, c.sql) for c in _record.STORED)
 FLOW_NAMES = tuple(name for name, _ in FLOW_COLUMNS)
 # Totals are not stored: readers derive them (query.py).
-DERIVED = {"pkts": "spkts + dpkts", "bytes": "sbytes + dbytes", "appbytes": "sappbytes + dappbytes"}
+DERIVED: dict[str, str] = dict(_record.DERIVED)
 
 STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("time", "REAL"), ("interval", "REAL"), ("interface", "TEXT"), ("packets", "INTEGER"),

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from . import record as _record
 from .config import Config, FlowsConfig
 
 try:
@@ -26,37 +27,58 @@ ABI_VERSION = 1
 if lib.SENSOR_ABI_VERSION != ABI_VERSION:
     raise ImportError(f"native module ABI {lib.SENSOR_ABI_VERSION}, expected {ABI_VERSION}: rebuild")
 
-# sensor_flow_t, field for field (native/sensor.h). tests/test_native_abi.py checks every offset.
-RECORD_LAYOUT = (
-    ("seq", "Q"), ("stime_us", "Q"), ("ltime_us", "Q"), ("pkts", "2Q"), ("bytes", "2Q"),
-    ("appbytes", "2Q"), ("synack_us", "I"), ("ackdat_us", "I"), ("retrans", "2I"), ("maxsz", "2I"),
-    ("minsz", "2I"), ("mpls", "2I"), ("gaps", "2I"), ("port", "2H"), ("proto", "H"), ("vlan", "2H"),
-    ("flgs", "H"), ("addr", "16s16s"), ("mac", "6s6s"), ("addr_type", "B"), ("cause", "B"),
-    ("state", "B"), ("dir", "B"), ("conn_state", "B"), ("tos", "2B"), ("ttl", "2B"),
-    ("tcpflags", "2B"), ("ifindex", "B"), ("icmp_code", "B"), ("history", "19s"),
-)
+# struct codes of sensor_flow_t's member types (it has no padding: _Static_assert in sensor.c).
+_STRUCT_CODES = {"uint64_t": "Q", "uint32_t": "I", "uint16_t": "H", "uint8_t": "B"}
+
+
+def _member_code(ctype: Any) -> str:
+    """The struct format of one member: ``2Q`` for uint64_t[2], ``16s16s`` for uint8_t[2][16]."""
+    if ctype.kind != "array":
+        return _STRUCT_CODES[ctype.cname]
+    item = ctype.item
+    if item.kind == "array":
+        return f"{item.length}s" * ctype.length
+    if item.cname == "char":
+        return f"{ctype.length}s"
+    return f"{ctype.length}{_STRUCT_CODES[item.cname]}"
+
+
+# sensor_flow_t, member by member, read from the native module (native/sensor.h).
+RECORD_LAYOUT = tuple((name, _member_code(f.type)) for name, f in ffi.typeof("sensor_flow_t").fields)
 RECORD = struct.Struct("<" + "".join(code for _, code in RECORD_LAYOUT))
 RECORD_SIZE = RECORD.size
 POLL_PACKETS = 8192
 DRAIN_BATCH = 4096
 
-CAUSES = ("Start", "Status", "Stop", "Timeout", "Evict", "Shutdown")
-STATES = ("", "REQ", "ACC", "CON", "INT", "FIN", "RST", "CLO", "")
-DIRS = ("->", "<->", "<-", "<?>", "?>", "who")
-CONN_STATES = (None, "S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH",
-               "SHR", "OTH")
+
+def names(array: Any) -> tuple[str, ...]:
+    """A ``const char *[N]`` name table of the native module (by number)."""
+    return tuple(ffi.string(p).decode() for p in array)
+
+
+def name_table(table: Any) -> dict[int, str]:
+    """A ``sensor_name_t[]`` table of the native module (number -> name; a NULL name ends it)."""
+    out, i = {}, 0
+    while table[i].name != ffi.NULL:
+        out[table[i].number] = ffi.string(table[i].name).decode()
+        i += 1
+    return out
+
+
+# The names are native/format.c's (the one copy): read once here.
+CAUSES = names(lib.sensor_cause_names)
+STATES = names(lib.sensor_state_names)
+DIRS = tuple(d.strip() for d in names(lib.sensor_dir_names))
+CONN_STATES = (None,) + names(lib.sensor_conn_state_names)[1:]   # 0: not classified
 DECODE_ERRORS = ("link_truncated", "unknown_linktype", "ip_truncated", "ip_version", "ip_header_length",
                  "ip_total_length", "l4_truncated", "tcp_header_length", "encapsulation",
                  "fragment_table_full")
-TCP_FLAG_LETTERS = "FSRPAUEC"            # bit 0 (FIN) to bit 7 (CWR), tcpdump's letters
+TCP_FLAG_LETTERS = ffi.string(lib.sensor_tcp_flag_letters).decode()   # bit 0 (FIN) to bit 7 (CWR)
 
 # Argus ICMP state names by (type) and, for unreachables, by code.
-ICMP4_NAMES = {0: "ECR", 4: "SRC", 5: "RED", 8: "ECO", 9: "RTA", 10: "RTS", 11: "TXD", 12: "PAR",
-               13: "TST", 14: "TSR", 15: "IRQ", 16: "IRR", 17: "MAS", 18: "MSR"}
-ICMP4_UNREACH = {0: "URN", 1: "URH", 2: "URO", 3: "URP", 4: "URF", 5: "URS"}
-ICMP6_NAMES = {1: "UNR", 2: "PTB", 3: "TXD", 4: "PAR", 128: "ECO", 129: "ECR", 130: "MRQ",
-               131: "MRP", 132: "MRD", 133: "NRS", 134: "NRA", 135: "NNS", 136: "NNA", 137: "NRED",
-               143: "MHR"}
+ICMP4_NAMES = name_table(lib.sensor_icmp4_names)
+ICMP4_UNREACH = name_table(lib.sensor_icmp4_unreach_names)
+ICMP6_NAMES = name_table(lib.sensor_icmp6_names)
 # Community ID: the spec's ICMP request/reply pairs, type -> counterpart (pycommunityid's icmp.py and
 # icmp6.py, after Zeek's ICMP4_counterpart/ICMP6_counterpart); native/store.c icmp_pair has the same.
 ICMP_PAIRS = {
@@ -69,9 +91,11 @@ ICMP_PAIRS = {
 ICMP_REPLIES = {1: {0, 14, 16, 18}, 58: {129}}
 PORTED_PROTOS = {6, 17, 132, 1, 58}
 
-ADDR_IP4, ADDR_IP6, ADDR_MAC = 4, 6, 2
-FLG_VLAN, FLG_MPLS, FLG_PPPOE, FLG_FRAG, FLG_ORPHAN, FLG_GAP, FLG_RETRANS, FLG_QINQ, FLG_UNREACH = (
-    1, 2, 4, 8, 16, 32, 64, 128, 256)
+ADDR_IP4, ADDR_IP6, ADDR_MAC = lib.SENSOR_ADDR_IP4, lib.SENSOR_ADDR_IP6, lib.SENSOR_ADDR_MAC
+ICMP_STATE = lib.SENSOR_STATE_ICMP     # state: named from the ICMP type and code
+FLG_VLAN, FLG_MPLS, FLG_PPPOE = lib.SENSOR_FLG_VLAN, lib.SENSOR_FLG_MPLS, lib.SENSOR_FLG_PPPOE
+FLG_FRAG, FLG_ORPHAN, FLG_GAP = lib.SENSOR_FLG_FRAG, lib.SENSOR_FLG_FRAG_ORPHAN, lib.SENSOR_FLG_GAP
+FLG_RETRANS, FLG_QINQ, FLG_UNREACH = lib.SENSOR_FLG_RETRANS, lib.SENSOR_FLG_QINQ, lib.SENSOR_FLG_ICMP_UNREACH
 
 
 class CaptureError(Exception):
@@ -220,7 +244,7 @@ class Capture:
         got = lib.sensor_top_flows(self._h, self._out, n)
         return [to_record(r, srcid) for r in RECORD.iter_unpack(self._view[: got * RECORD_SIZE])]
 
-    def end_all(self, cause: int = 5) -> None:
+    def end_all(self, cause: int = lib.SENSOR_CAUSE_SHUTDOWN) -> None:
         """End every open flow (default cause Shutdown); the records come out of the next drains."""
         lib.sensor_end_all(self._h, cause)
 
@@ -330,45 +354,38 @@ def community_id(proto: int, kind: int, saddr: bytes, daddr: bytes, sport: int |
     return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
-def to_record(r: tuple, srcid: str) -> dict[str, Any]:
-    """Turn one raw sensor_flow_t tuple into a record dict keyed by Argus field names."""
-    (seq, stime_us, ltime_us, sp, dp, sb, db, sa, da, synack, ackdat, sre, dre, smax, dmax,
-     smin, dmin, smpls, dmpls, sgap, dgap, sport, dport, proto, svlan, dvlan, flgs, saddr, daddr,
-     smac, dmac, kind, cause, state, dirn, conn, stos, dtos, sttl, dttl, sfl, dfl, ifindex,
-     icmp_code, history) = r
-    ip = kind != ADDR_MAC
-    is_arp = proto == 2054 and ip
+def _raw_names() -> list[str]:
+    """The names of a raw tuple's items: sensor_flow_t's members, ``pkts_0`` for ``pkts[0]``."""
+    names = []
+    for name, code in RECORD_LAYOUT:
+        count = len(struct.unpack("<" + code, bytes(struct.calcsize("<" + code))))
+        names += [name] if count == 1 else [f"{name}_{i}" for i in range(count)]
+    return names
+
+
+# What several columns' values look at, worked out once per record (names: see record.py).
+_RECORD_FACTS = """\
+    ip = addr_type != ADDR_MAC
     ported = not ip or (proto in PORTED_PROTOS)
-    state_name = STATES[state]
-    if state == 8:
-        state_name = _icmp_state(proto, sport, icmp_code)
-    has_mac = smac != b"\0" * 6 or dmac != b"\0" * 6
-    sip = ip and not is_arp
-    return {
-        "srcid": srcid, "seq": seq, "cause": CAUSES[cause],
-        "stime": stime_us / 1e6, "ltime": ltime_us / 1e6, "dur": (ltime_us - stime_us) / 1e6,
-        "proto": proto, "saddr": _addr(kind, saddr), "sport": sport if ported else None,
-        "daddr": _addr(kind, daddr), "dport": dport if ported else None,
-        "dir": DIRS[dirn], "state": state_name,
-        "spkts": sp, "dpkts": dp, "sbytes": sb, "dbytes": db, "sappbytes": sa, "dappbytes": da,
-        "pkts": sp + dp, "bytes": sb + db, "appbytes": sa + da,
-        "stos": stos if sip and sp else None, "dtos": dtos if sip and dp else None,
-        "sttl": sttl if sip and sp else None, "dttl": dttl if sip and dp else None,
-        "smac": smac.hex(":"), "dmac": dmac.hex(":"),
-        "svlan": None if svlan == 0xFFFF else svlan, "dvlan": None if dvlan == 0xFFFF else dvlan,
-        "smpls": None if smpls == 0xFFFFFFFF else smpls,
-        "dmpls": None if dmpls == 0xFFFFFFFF else dmpls,
-        "sflags": _tcp_flags(sfl), "dflags": _tcp_flags(dfl),
-        "synack": synack / 1e6, "ackdat": ackdat / 1e6, "tcprtt": (synack + ackdat) / 1e6,
-        "sretrans": sre, "dretrans": dre, "sgap": sgap, "dgap": dgap,
-        "smaxsz": smax, "sminsz": smin, "dmaxsz": dmax, "dminsz": dmin,
-        "flgs": _flgs(flgs, has_mac),
-        "conn_state": CONN_STATES[conn] if proto == 6 and ip else None,
-        "history": history.rstrip(b"\0").decode() if proto == 6 and ip else None,
-        "community_id": community_id(proto, kind, saddr, daddr, sport if ported else None,
-                                     dport if ported else None, icmp_code=icmp_code) if sip else None,
-        "sintf": ifindex,
-    }
+    has_mac = mac_0 != b"\\0" * 6 or mac_1 != b"\\0" * 6
+    sip = ip and proto != 2054
+    tcp = proto == 6 and ip
+"""
+
+
+def _compile_to_record() -> Callable[[tuple, str], dict[str, Any]]:
+    """``to_record`` generated from record.COLUMNS: one dict display over the unpacked struct, as
+    fast as a hand-written one (it runs once per record on the Python paths)."""
+    values = "".join(f"        {c.name!r}: {c.value},\n" for c in _record.COLUMNS)
+    src = (f"def to_record(r, srcid):\n    ({', '.join(_raw_names())},) = r\n{_RECORD_FACTS}"
+           f"    return {{\n{values}    }}\n")
+    exec(compile(src, "<record.COLUMNS: to_record>", "exec"), globals())
+    fn = globals()["to_record"]
+    fn.__doc__ = "Turn one raw sensor_flow_t tuple into a record dict keyed by Argus field names."
+    return fn
+
+
+to_record = _compile_to_record()
 
 
 class ArchiveStore:
@@ -476,15 +493,11 @@ def check_bpf(expr: str) -> str | None:
 
 # --- text lines in C (native/format.c) ---------------------------------------------------------
 
-# Record key -> SENSOR_FIELD_* for every value sensor_format prints (aliases share their key's id).
+# Record key -> SENSOR_FIELD_* for every value sensor_format prints (aliases share their key's id):
+# the columns record.py marks c_prints, and racluster's trans.
 FORMAT_FIELDS: dict[str, int] = {
-    key: getattr(lib, "SENSOR_FIELD_" + key.upper()) for key in (
-        "srcid", "seq", "cause", "stime", "ltime", "dur", "trans", "flgs", "proto", "saddr",
-        "sport", "dir", "daddr", "dport", "spkts", "dpkts", "pkts", "sbytes", "dbytes", "bytes",
-        "sappbytes", "dappbytes", "appbytes", "state", "stos", "dtos", "sttl", "dttl", "smac",
-        "dmac", "svlan", "dvlan", "smpls", "dmpls", "sflags", "dflags", "synack", "ackdat",
-        "tcprtt", "sretrans", "dretrans", "sgap", "dgap", "smaxsz", "sminsz", "dmaxsz", "dminsz",
-        "conn_state", "history")
+    key: getattr(lib, "SENSOR_FIELD_" + key.upper())
+    for key in [c.name for c in _record.COLUMNS if c.c_prints] + ["trans"]
 }
 PAD_NONE, PAD_RIGHT, PAD_LEFT = lib.SENSOR_PAD_NONE, lib.SENSOR_PAD_RIGHT, lib.SENSOR_PAD_LEFT
 SEP_DELIM, SEP_PORT = lib.SENSOR_SEP_DELIM, lib.SENSOR_SEP_PORT

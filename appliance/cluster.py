@@ -36,21 +36,19 @@ import dataclasses
 import ipaddress
 from typing import Any, Iterable, Iterator, Sequence
 
+from . import capture as _capture
 from . import fields as _fields
+from . import record as _record
 
-SUMS = ("spkts", "dpkts", "sbytes", "dbytes", "sappbytes", "dappbytes", "pkts", "bytes",
-        "appbytes", "sretrans", "dretrans", "sgap", "dgap")
-LAST = ("stos", "dtos", "sttl", "dttl", "smac", "dmac", "svlan", "dvlan", "smpls", "dmpls",
-        "conn_state", "history")
-IDENTITY = ("srcid", "proto", "saddr", "sport", "daddr", "dport", "community_id")
-RTT = ("synack", "ackdat", "tcprtt")
+# Which columns each rule merges (appliance/record.py's merge entries).
+SUMS = _record.merging("sum")
+LAST = _record.merging("last")
+IDENTITY = _record.merging("identity")
+RTT = _record.merging("rtt")
 # s/d pairs that change places when a record is turned around.
-PAIRS = (("saddr", "daddr"), ("sport", "dport"), ("spkts", "dpkts"), ("sbytes", "dbytes"),
-         ("sappbytes", "dappbytes"), ("stos", "dtos"), ("sttl", "dttl"), ("smac", "dmac"),
-         ("svlan", "dvlan"), ("smpls", "dmpls"), ("sflags", "dflags"), ("sretrans", "dretrans"),
-         ("smaxsz", "dmaxsz"), ("sminsz", "dminsz"), ("sgap", "dgap"))
+PAIRS = _record.PAIRS
 DEFAULT_KEY = ("srcid", "proto", "saddr", "sport", "daddr", "dport")
-_FLAG_ORDER = "FSRPAUEC78"
+_FLAG_ORDER = _capture.ffi.string(_capture.lib.sensor_cluster_letter_order).decode()   # cluster.c's
 # flgs columns where two different letters mean "both sides" in Argus (s+d -> *, i+r -> &).
 _BOTH = {frozenset("sd"): "*", frozenset("ir"): "&", frozenset("SD"): "@", frozenset("xt"): "E"}
 

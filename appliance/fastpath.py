@@ -21,9 +21,7 @@ import os
 from typing import IO, Any, Sequence
 
 from .fields import FIELDS, Field, FormatOptions
-from .output import TextWriter
-
-_ADDR_PORT = {"sport": "saddr", "dport": "daddr"}      # output.TextWriter joins these as addr.port
+from .output import _ADDR_PORT, TextWriter     # TextWriter joins _ADDR_PORT's pairs as addr.port
 
 
 def enabled() -> bool:

@@ -1,4 +1,7 @@
-"""The one field registry: record keys, Argus labels, ra column widths, formatters, the whitelist.
+"""The field registry: record keys, Argus labels, ra column widths, formatters, the whitelist.
+
+The record's own fields come from appliance/record.py's column table; racluster's ``trans`` and
+Argus's aliases are added here, and the name tables are read from the native module.
 
 Every identifier that reaches SQL, ``-s``, ``-m`` or a filter comparison comes from ``FIELDS``.
 Labels and widths were read off Debian's argus-client 3.0.8 (``ra -X -c , -L0 -s FIELD``).
@@ -15,6 +18,9 @@ import dataclasses
 import socket
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from . import capture as _capture
+from . import record as _record
 
 Record = Mapping[str, Any]
 
@@ -48,57 +54,14 @@ def _f(name, label, kind, width, key=None, **kw):
     return Field(name=name, key=key or name, label=label, kind=kind, width=width, **kw)
 
 
-_ALL = [
-    _f("srcid", "SrcId", "str", 18),
-    _f("seq", "Seq", "int", 12, centred=True),
-    _f("cause", "Cause", "str", 7),
-    _f("stime", "StartTime", "time", 18),
-    _f("ltime", "LastTime", "time", 18),
-    _f("dur", "Dur", "float", 10, descending=True),
+def _column_field(c: _record.Column) -> Field:
+    return Field(name=c.name, key=c.name, label=c.label, kind=c.kind, width=c.width,
+                 descending=c.descending, centred=c.centred)
+
+
+# The record's columns (appliance/record.py), then what racluster adds and Argus's aliases.
+_ALL = [_column_field(c) for c in _record.FIELD_COLUMNS] + [
     _f("trans", "Trans", "trans", 6, stored=False, descending=True),
-    _f("flgs", "Flgs", "flgs", 9),
-    _f("proto", "Proto", "proto", 6),
-    _f("saddr", "SrcAddr", "addr", 18),
-    _f("sport", "Sport", "port", 6),
-    _f("dir", "Dir", "dir", 5),
-    _f("daddr", "DstAddr", "addr", 18),
-    _f("dport", "Dport", "port", 6),
-    _f("spkts", "SrcPkts", "int", 8, descending=True),
-    _f("dpkts", "DstPkts", "int", 8, descending=True),
-    _f("pkts", "TotPkts", "int", 8, descending=True),
-    _f("sbytes", "SrcBytes", "int", 12, descending=True),
-    _f("dbytes", "DstBytes", "int", 12, descending=True),
-    _f("bytes", "TotBytes", "int", 10, descending=True),
-    _f("sappbytes", "SAppBytes", "int", 12, descending=True),
-    _f("dappbytes", "DAppBytes", "int", 12, descending=True),
-    _f("appbytes", "TotAppByte", "int", 10, descending=True),
-    _f("state", "State", "state", 5),
-    _f("stos", "sTos", "int", 5),
-    _f("dtos", "dTos", "int", 5),
-    _f("sttl", "sTtl", "int", 4),
-    _f("dttl", "dTtl", "int", 4),
-    _f("smac", "SrcMac", "str", 18),
-    _f("dmac", "DstMac", "str", 18),
-    _f("svlan", "sVlan", "int", 8),
-    _f("dvlan", "dVlan", "int", 8),
-    _f("smpls", "sMpls", "int", 8),
-    _f("dmpls", "dMpls", "int", 8),
-    _f("sflags", "sFlags", "str", 8),
-    _f("dflags", "dFlags", "str", 8),
-    _f("synack", "SynAck", "float", 12),
-    _f("ackdat", "AckDat", "float", 12),
-    _f("tcprtt", "TcpRtt", "float", 12),
-    _f("sretrans", "SrcRetra", "int", 8, descending=True),
-    _f("dretrans", "DstRetra", "int", 8, descending=True),
-    _f("sgap", "SrcGap", "int", 8, descending=True),
-    _f("dgap", "DstGap", "int", 8, descending=True),
-    _f("smaxsz", "sMaxPktSz", "int", 12),
-    _f("sminsz", "sMinPktSz", "int", 12),
-    _f("dmaxsz", "dMaxPktSz", "int", 12),
-    _f("dminsz", "dMinPktSz", "int", 12),
-    _f("conn_state", "ConnState", "str", 9),
-    _f("history", "History", "str", 12),
-    _f("community_id", "CommunityId", "str", 30),
     # Argus aliases: same record key, Argus's own label for that name.
     _f("svid", "sVid", "int", 6, key="svlan"),
     _f("dvid", "dVid", "int", 6, key="dvlan"),
@@ -109,13 +72,7 @@ _ALL = [
 FIELDS: dict[str, Field] = {f.name: f for f in _ALL}
 
 # Keys of a session record, in the record's canonical order (the contract with appliance.capture).
-RECORD_KEYS: tuple[str, ...] = (
-    "srcid", "seq", "cause", "stime", "ltime", "dur", "proto", "saddr", "sport", "daddr", "dport",
-    "dir", "state", "spkts", "dpkts", "sbytes", "dbytes", "sappbytes", "dappbytes", "pkts", "bytes",
-    "appbytes", "stos", "dtos", "sttl", "dttl", "smac", "dmac", "svlan", "dvlan", "smpls", "dmpls",
-    "sflags", "dflags", "synack", "ackdat", "tcprtt", "sretrans", "dretrans", "sgap", "dgap",
-    "smaxsz", "sminsz", "dmaxsz", "dminsz", "flgs", "conn_state", "history", "community_id",
-)
+RECORD_KEYS: tuple[str, ...] = tuple(c.name for c in _record.FIELD_COLUMNS)
 
 # The identifiers SQL may use: stored record keys only.
 WHITELIST: frozenset[str] = frozenset(RECORD_KEYS)
@@ -130,28 +87,17 @@ DEFAULT_FIELDS: tuple[str, ...] = (
     "stime", "flgs", "proto", "saddr", "sport", "dir", "daddr", "dport", "pkts", "bytes", "state",
 )
 
-# IP protocol names as ra prints them (Argus's table, the common part).
-IP_PROTO_NAMES: dict[int, str] = {
-    0: "ip", 1: "icmp", 2: "igmp", 3: "ggp", 4: "ipnip", 5: "st", 6: "tcp", 8: "egp", 9: "igp",
-    17: "udp", 27: "rdp", 29: "iso-tp4", 33: "dccp", 41: "ipv6", 43: "ipv6-route",
-    44: "ipv6-frag", 46: "rsvp", 47: "gre", 50: "esp", 51: "ah", 58: "ipv6-icmp",
-    59: "ipv6-nonxt", 60: "ipv6-opts", 88: "eigrp", 89: "ospf", 94: "ipip", 97: "etherip",
-    103: "pim", 108: "ipcomp", 112: "vrrp", 115: "l2tp", 132: "sctp", 136: "udplite",
-}
+# IP protocol names as ra prints them (Argus's table, the common part: native/format.c's).
+IP_PROTO_NAMES: dict[int, str] = _capture.name_table(_capture.lib.sensor_ip_proto_names)
 # Ethertype names for non-IP flows (proto holds the ethertype; 0 is 802.3 LLC).
-ETHER_PROTO_NAMES: dict[int, str] = {
-    0: "llc", 0x0806: "arp", 0x8035: "rarp", 0x8863: "pppoe", 0x8864: "pppoe", 0x88CC: "lldp",
-    0x8847: "mpls", 0x8848: "mpls", 0x9000: "loop", 0x88A8: "802.1ad", 0x8100: "802.1q",
-    0x888E: "eapol", 0x88F7: "ptp",
-}
+ETHER_PROTO_NAMES: dict[int, str] = _capture.name_table(_capture.lib.sensor_ether_proto_names)
 
 # LLC SAP names ra prints in the port columns of 802.3 flows (without -n).
-LLC_SAP_NAMES: dict[int, str] = {0x42: "stp", 0xAA: "snap", 0x06: "ip", 0xE0: "ipx", 0xF0: "netbios",
-                                 0xFE: "osi"}
+LLC_SAP_NAMES: dict[int, str] = _capture.name_table(_capture.lib.sensor_llc_sap_names)
 
 # Argus's order of TCP flag letters for -Z (ra(1): F S R P A U 7 8); E/C are ECE/CWR aliases.
-_TCP_FLAG_ORDER = "FSRPAU78"
-_TCP_FLAG_ALIAS = {"E": "7", "C": "8"}
+_TCP_FLAG_ORDER = _capture.ffi.string(_capture.lib.sensor_argus_flag_letters).decode()
+_TCP_FLAG_ALIAS = {t: a for t, a in zip(_capture.TCP_FLAG_LETTERS, _TCP_FLAG_ORDER) if t != a}
 
 
 def resolve(name: str) -> Field:

@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import capture as _capture
+
 log = logging.getLogger(__name__)
 
 IPFIX_VERSION = 10
@@ -69,13 +71,13 @@ END_REASON = {"Timeout": 1, "Status": 2, "Start": 2, "Stop": 3, "Shutdown": 4, "
 # biflowDirection (IE 239): 1 initiator (the source is the initiator: the sensor knows or inferred
 # it from the protocol), 0 arbitrary (the initiator was guessed: Argus "<?>" and "?>").
 KNOWN_INITIATOR = {"->", "<->", "<-", "who"}
-TCP_FLAG_LETTERS = "FSRPAUEC"        # bit 0 (FIN) .. bit 7 (CWR), as in capture.py
+TCP_FLAG_LETTERS = _capture.TCP_FLAG_LETTERS        # bit 0 (FIN) .. bit 7 (CWR)
 # ICMP: the record keeps the type in sport; dport holds the echo id for queries, the quoted packet's
 # destination port for errors (when quoted), and the code for other messages.
 ICMP_REPLY = {8: 0, 13: 14, 15: 16, 17: 18, 128: 129}            # request type -> reply type
 ICMP_QUERIES = {1: {0, 8, 13, 14, 15, 16, 17, 18}, 58: {128, 129}}
 ICMP_ERRORS = {1: {3, 4, 5, 11, 12}, 58: {1, 2, 3, 4}}
-ICMP4_UNREACH_CODES = {"URN": 0, "URH": 1, "URO": 2, "URP": 3, "URF": 4, "URS": 5}
+ICMP4_UNREACH_CODES = {name: code for code, name in _capture.ICMP4_UNREACH.items()}
 
 
 class ExportError(ValueError):

@@ -43,9 +43,10 @@ from . import archive as _archive
 from . import cluster as _cluster
 from . import fields as _fields
 from . import filter as _filter
+from . import record as _record
 
-# Record keys in the order a metered record has them; sintf is an archive column beyond fields.
-RECORD_ORDER: tuple[str, ...] = _fields.RECORD_KEYS + ("sintf",)
+# Record keys in the order a metered record has them (appliance/record.py's columns).
+RECORD_ORDER: tuple[str, ...] = _record.NAMES
 # The only identifiers SQL may contain: archive columns and the derived totals.
 IDENTIFIERS: frozenset[str] = frozenset(_archive.FLOW_NAMES) | frozenset(_archive.DERIVED)
 PROGRESS_STEPS = 20_000          # SQLite VM steps between time-limit checks
@@ -475,9 +476,7 @@ def _each_file(path: Path, read: Callable[[Path], Iterator[T]]) -> Iterator[T]:
 
 # --- racluster in SQL ---------------------------------------------------------------------------
 
-_SUMMED = ("spkts", "dpkts", "sbytes", "dbytes", "sappbytes", "dappbytes", "pkts", "bytes",
-           "appbytes", "sretrans", "dretrans", "sgap", "dgap")
-assert set(_SUMMED) == set(_cluster.SUMS)
+_SUMMED = _cluster.SUMS
 # Rows whose packet sizes the SQL merge does not follow (sizes in a direction without packets,
 # a non-positive minimum): any such row sends the query back to the Python clusterer.
 _SIZE_ODD = ("(coalesce(spkts, 0) = 0 AND (coalesce(smaxsz, 0) != 0 OR coalesce(sminsz, 0) != 0))"
@@ -506,8 +505,8 @@ def _aggregates(keys: Sequence[_cluster.KeyField],
         else:
             cols.append((f"k{i}", f"ft_mask({ident(k.key)}, ?)"))
             params.append(k.prefix)
-    cols += [("n", "count(*)"), ("r_first", "min(rid)"), ("r_last", "max(rid)"),
-             ("stime", "min(stime)"), ("ltime", "max(ltime)")]
+    cols += [("n", "count(*)"), ("r_first", "min(rid)"), ("r_last", "max(rid)")]
+    cols += [(c.name, f"{c.merge}({ident(c.name)})") for c in _record.COLUMNS if c.merge in ("min", "max")]
     if "state" in need:
         cols += [("r_nonreq", "max(CASE WHEN state IS NOT 'REQ' THEN rid END)"),
                  ("r_int", "max(CASE WHEN state = 'INT' THEN rid END)")]
@@ -547,42 +546,44 @@ def _merged_columns(keys: Sequence[_cluster.KeyField], need: frozenset[str]) -> 
     for c in RECORD_ORDER:
         if c not in need and c not in key_of:
             continue
-        if c in key_of:
-            expr = key_of[c]
-        elif c in _cluster.IDENTITY:
-            expr = f"CASE WHEN g.n_{c} = g.n AND g.lo_{c} = g.hi_{c} THEN g.lo_{c} END"
-        elif c in ("seq", "dir", "sintf"):
-            expr = f"f.{c}"
-        elif c in ("stime", "ltime"):
-            expr = f"g.{c}"
-        elif c == "dur":
-            expr = "CASE WHEN g.n > 1 THEN g.ltime - g.stime ELSE f.dur END"
-        elif c == "state":
-            expr = ("CASE WHEN g.n > 1 AND l.state = 'REQ' AND g.r_nonreq = g.r_int "
-                    "THEN 'INT' ELSE l.state END")
-        elif c == "cause":
-            expr = "l.cause"
-        elif c in _SUMMED:
-            expr = f"CASE WHEN g.n > 1 THEN coalesce(g.sum_{c}, 0) ELSE g.sum_{c} END"
-        elif c in _cluster.LAST:
-            expr = (f"CASE WHEN g.p_{c} IS NULL THEN NULL WHEN g.p_{c} = g.r_last THEN l.{c} "
-                    f"ELSE (SELECT {c} FROM flows WHERE rowid = g.p_{c}) END")
-        elif c in _cluster.RTT:
-            expr = (f"CASE WHEN g.q_{c} IS NULL OR g.q_{c} = g.r_first THEN f.{c} "
-                    f"ELSE (SELECT {c} FROM flows WHERE rowid = g.q_{c}) END")
-        elif c in ("sflags", "dflags"):
-            expr = f"CASE WHEN g.n > 1 THEN {_letters(f'g.{c}_all')} ELSE f.{c} END"
-        elif c == "flgs":
-            expr = ("CASE WHEN g.flgs_n > 0 THEN g.flgs_lo WHEN g.n > 1 THEN '' END")
-        elif c in ("smaxsz", "dmaxsz"):
-            mx, fv = f"g.max_{c[0]}", f"f.{c}"
-            expr = f"CASE WHEN {mx} IS NULL OR {mx} <= {fv} THEN {fv} ELSE {mx} END"
-        elif c in ("sminsz", "dminsz"):
-            expr = f"coalesce(g.min_{c[0]}, f.{c})"
-        else:
-            raise AssertionError(f"no merge rule for {c}")   # pragma: no cover
-        out.append((c, expr))
+        out.append((c, key_of[c] if c in key_of else _merged_sql(c, _record.BY_NAME[c].merge)))
     return out
+
+
+def _merged_sql(c: str, rule: str) -> str:
+    """SQL for column ``c`` of a merged record under its merge ``rule`` (appliance/record.py)."""
+    if rule == "identity":
+        return f"CASE WHEN g.n_{c} = g.n AND g.lo_{c} = g.hi_{c} THEN g.lo_{c} END"
+    if rule == "first":
+        return f"f.{c}"
+    if rule in ("min", "max"):
+        return f"g.{c}"
+    if rule == "dur":
+        return "CASE WHEN g.n > 1 THEN g.ltime - g.stime ELSE f.dur END"
+    if rule == "state":
+        return ("CASE WHEN g.n > 1 AND l.state = 'REQ' AND g.r_nonreq = g.r_int "
+                "THEN 'INT' ELSE l.state END")
+    if rule == "lastany":
+        return f"l.{c}"
+    if rule == "sum":
+        return f"CASE WHEN g.n > 1 THEN coalesce(g.sum_{c}, 0) ELSE g.sum_{c} END"
+    if rule == "last":
+        return (f"CASE WHEN g.p_{c} IS NULL THEN NULL WHEN g.p_{c} = g.r_last THEN l.{c} "
+                f"ELSE (SELECT {c} FROM flows WHERE rowid = g.p_{c}) END")
+    if rule == "rtt":
+        return (f"CASE WHEN g.q_{c} IS NULL OR g.q_{c} = g.r_first THEN f.{c} "
+                f"ELSE (SELECT {c} FROM flows WHERE rowid = g.q_{c}) END")
+    if rule == "letters":
+        return f"CASE WHEN g.n > 1 THEN {_letters(f'g.{c}_all')} ELSE f.{c} END"
+    if rule == "flgs":
+        return "CASE WHEN g.flgs_n > 0 THEN g.flgs_lo WHEN g.n > 1 THEN '' END"
+    if rule == "maxsz":
+        mx, fv = f"g.max_{c[0]}", f"f.{c}"
+        return f"CASE WHEN {mx} IS NULL OR {mx} <= {fv} THEN {fv} ELSE {mx} END"
+    if rule == "minsz":
+        return f"coalesce(g.min_{c[0]}, f.{c})"
+    raise AssertionError(f"no merge rule for {c}")   # pragma: no cover
+
 
 
 def _group_sql(keys: Sequence[_cluster.KeyField], where: str,

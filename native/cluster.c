@@ -73,7 +73,18 @@ static const column_rule_t RULES[SENSOR_FIELD_COUNT] = {
     [SENSOR_FIELD_HISTORY] = {K_TEXT, M_LAST},
 };
 
-static const char LETTER_ORDER[] = "FSRPAUEC78";     /* cluster._FLAG_ORDER */
+const char sensor_cluster_letter_order[] = "FSRPAUEC78";   /* read by cluster.py */
+#define LETTER_ORDER sensor_cluster_letter_order
+/* appliance/record.py's names of the M_* rules, in that order (M_NONE: none). */
+static const char *const MERGE_NAMES[M_NONE + 1] = {
+    "first", "identity", "sum", "min", "max", "dur", "state", "lastany", "letters", "flgs", "last",
+    "maxsz", "minsz", "rtt", NULL};
+
+const char *sensor_cluster_merge_rule(unsigned field)
+{
+    return field < SENSOR_FIELD_COUNT ? MERGE_NAMES[RULES[field].merge] : NULL;
+}
+
 enum { NO_SLOT = 0xFF, NO_ID = 0xFFFFFFFFu, MAX_TEXT = 255, MAX_MASKED = 2 };
 
 /* Interned strings: bytes in one arena, an open-addressing index of entry numbers. */

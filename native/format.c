@@ -31,22 +31,20 @@ static const uint64_t US_EXACT = 4294967296ull * 1000000ull;   /* 2^32 s in µs:
 typedef ft_wbuf_t wbuf_t;
 typedef ft_clock_t clock_cache_t;
 
-/* Names, as appliance/capture.py and appliance/fields.py spell them. */
-const char *const FT_CAUSES[6] = {"Start", "Status", "Stop", "Timeout", "Evict", "Shutdown"};
-const char *const FT_STATES[9] = {"", "REQ", "ACC", "CON", "INT", "FIN", "RST", "CLO", ""};
-const char *const FT_DIRS[6] = {"   ->", "  <->", "   <-", "  <?>", "   ?>", "  who"};
-const char *const FT_CONN_STATES[14] = {"", "S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR",
-                                        "RSTOS0", "RSTRH", "SH", "SHR", "OTH"};
-const char FT_TCP_FLAG_LETTERS[] = "FSRPAUEC";   /* capture.py, bit 0 (FIN) to bit 7 (CWR) */
-static const char ARGUS_FLAG_LETTERS[] = "FSRPAU78";   /* fields.py's -Z order, same bits */
+/* Names: the only copy. appliance/capture.py and appliance/fields.py read them from the module. */
+const char *const sensor_cause_names[6] = {"Start", "Status", "Stop", "Timeout", "Evict", "Shutdown"};
+const char *const sensor_state_names[9] = {"", "REQ", "ACC", "CON", "INT", "FIN", "RST", "CLO", ""};
+const char *const sensor_dir_names[6] = {"   ->", "  <->", "   <-", "  <?>", "   ?>", "  who"};
+const char *const sensor_conn_state_names[14] = {"", "S0", "S1", "SF", "REJ", "S2", "S3", "RSTO",
+                                                 "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"};
+const char sensor_tcp_flag_letters[9] = "FSRPAUEC";   /* bit 0 (FIN) to bit 7 (CWR), tcpdump's */
+const char sensor_argus_flag_letters[9] = "FSRPAU78"; /* the same bits in ra -Z's letters */
+#define ARGUS_FLAG_LETTERS sensor_argus_flag_letters
 static const char HEX[] = "0123456789abcdef";
 
-typedef struct name {
-    uint16_t number;
-    const char *name;          /* NULL ends a table */
-} name_t;
+typedef sensor_name_t name_t;
 
-static const name_t IP_PROTO_NAMES[] = {
+const name_t sensor_ip_proto_names[] = {
     {0, "ip"}, {1, "icmp"}, {2, "igmp"}, {3, "ggp"}, {4, "ipnip"}, {5, "st"}, {6, "tcp"}, {8, "egp"},
     {9, "igp"}, {17, "udp"}, {27, "rdp"}, {29, "iso-tp4"}, {33, "dccp"}, {41, "ipv6"},
     {43, "ipv6-route"}, {44, "ipv6-frag"}, {46, "rsvp"}, {47, "gre"}, {50, "esp"}, {51, "ah"},
@@ -55,26 +53,26 @@ static const name_t IP_PROTO_NAMES[] = {
     {132, "sctp"}, {136, "udplite"},
     {0, NULL},
 };
-static const name_t ETHER_PROTO_NAMES[] = {
+const name_t sensor_ether_proto_names[] = {
     {0, "llc"}, {0x0806, "arp"}, {0x8035, "rarp"}, {0x8863, "pppoe"}, {0x8864, "pppoe"},
     {0x88CC, "lldp"}, {0x8847, "mpls"}, {0x8848, "mpls"}, {0x9000, "loop"}, {0x88A8, "802.1ad"},
     {0x8100, "802.1q"}, {0x888E, "eapol"}, {0x88F7, "ptp"},
     {0, NULL},
 };
-static const name_t LLC_SAP_NAMES[] = {
+const name_t sensor_llc_sap_names[] = {
     {0x42, "stp"}, {0xAA, "snap"}, {0x06, "ip"}, {0xE0, "ipx"}, {0xF0, "netbios"}, {0xFE, "osi"},
     {0, NULL},
 };
-static const name_t ICMP4_NAMES[] = {
+const name_t sensor_icmp4_names[] = {
     {0, "ECR"}, {4, "SRC"}, {5, "RED"}, {8, "ECO"}, {9, "RTA"}, {10, "RTS"}, {11, "TXD"},
     {12, "PAR"}, {13, "TST"}, {14, "TSR"}, {15, "IRQ"}, {16, "IRR"}, {17, "MAS"}, {18, "MSR"},
     {0, NULL},
 };
-static const name_t ICMP4_UNREACH[] = {
+const name_t sensor_icmp4_unreach_names[] = {
     {0, "URN"}, {1, "URH"}, {2, "URO"}, {3, "URP"}, {4, "URF"}, {5, "URS"},
     {0, NULL},
 };
-static const name_t ICMP6_NAMES[] = {
+const name_t sensor_icmp6_names[] = {
     {1, "UNR"}, {2, "PTB"}, {3, "TXD"}, {4, "PAR"}, {128, "ECO"}, {129, "ECR"}, {130, "MRQ"},
     {131, "MRP"}, {132, "MRD"}, {133, "NRS"}, {134, "NRA"}, {135, "NNS"}, {136, "NNA"},
     {137, "NRED"}, {143, "MHR"},
@@ -235,15 +233,15 @@ const char *ft_proto_name(int64_t proto, int ether, int numeric)
     if (proto < 0 || proto > 0xFFFF)
         return ether ? (numeric ? NULL : "unknown") : "unas";
     if (ether) {
-        const char *name = lookup(ETHER_PROTO_NAMES, (unsigned)proto, NULL);
+        const char *name = lookup(sensor_ether_proto_names, (unsigned)proto, NULL);
         return name ? name : numeric ? NULL : "unknown";
     }
-    return lookup(IP_PROTO_NAMES, (unsigned)proto, "unas");
+    return lookup(sensor_ip_proto_names, (unsigned)proto, "unas");
 }
 
 const char *ft_llc_sap_name(int64_t sap)
 {
-    return sap < 0 || sap > 0xFFFF ? "" : lookup(LLC_SAP_NAMES, (unsigned)sap, "");
+    return sap < 0 || sap > 0xFFFF ? "" : lookup(sensor_llc_sap_names, (unsigned)sap, "");
 }
 
 size_t ft_addr_text(const sensor_flow_t *r, int side, char out[64])
@@ -363,10 +361,10 @@ const char *ft_state_text(const sensor_flow_t *r)
         return FT_STATES[r->state];
     if (r->proto == 1) {
         if (r->port[0] == 3)
-            return lookup(ICMP4_UNREACH, r->icmp_code, "UNR");
-        return lookup(ICMP4_NAMES, r->port[0], "UNK");
+            return lookup(sensor_icmp4_unreach_names, r->icmp_code, "UNR");
+        return lookup(sensor_icmp4_names, r->port[0], "UNK");
     }
-    return lookup(ICMP6_NAMES, r->port[0], "UNK");
+    return lookup(sensor_icmp6_names, r->port[0], "UNK");
 }
 
 static int put_port(wbuf_t *w, const sensor_flow_t *r, const facts_t *f, int numeric, uint16_t v)
@@ -379,7 +377,7 @@ static int put_port(wbuf_t *w, const sensor_flow_t *r, const facts_t *f, int num
     }
     if (!numeric) {
         if (f->ether)
-            return r->proto == 0 ? put_str(w, lookup(LLC_SAP_NAMES, v, "")) : FMT_OK;
+            return r->proto == 0 ? put_str(w, lookup(sensor_llc_sap_names, v, "")) : FMT_OK;
         if (r->proto == 6 || r->proto == 17)
             return FMT_PYTHON;                   /* service names: socket.getservbyport */
     }
@@ -434,12 +432,12 @@ static int put_field(wbuf_t *w, const sensor_flow_t *r, const facts_t *f,
         if (spec->numeric >= 2)
             return put_u64(w, r->proto);
         if (f->ether) {
-            const char *name = lookup(ETHER_PROTO_NAMES, r->proto, NULL);
+            const char *name = lookup(sensor_ether_proto_names, r->proto, NULL);
             if (name)
                 return put_str(w, name);
             return spec->numeric ? put_u64(w, r->proto) : put_str(w, "unknown");
         }
-        return put_str(w, lookup(IP_PROTO_NAMES, r->proto, "unas"));
+        return put_str(w, lookup(sensor_ip_proto_names, r->proto, "unas"));
     case SENSOR_FIELD_SADDR: return put_addr(w, r, 0);
     case SENSOR_FIELD_DADDR: return put_addr(w, r, 1);
     case SENSOR_FIELD_SPORT: return put_port(w, r, f, spec->numeric, r->port[0]);

@@ -15,11 +15,12 @@ typedef struct facts {
     int ether;           /* proto holds an ethertype (fields.is_ether_proto) */
 } facts_t;
 
-extern const char *const FT_CAUSES[6];
-extern const char *const FT_STATES[9];
-extern const char *const FT_DIRS[6];          /* right-aligned in 5 columns, as ra prints them */
-extern const char *const FT_CONN_STATES[14];
-extern const char FT_TCP_FLAG_LETTERS[];
+/* The name tables of sensor.h (format.c), by their short names here. */
+#define FT_CAUSES sensor_cause_names
+#define FT_STATES sensor_state_names
+#define FT_DIRS sensor_dir_names               /* right-aligned in 5 columns, as ra prints them */
+#define FT_CONN_STATES sensor_conn_state_names
+#define FT_TCP_FLAG_LETTERS sensor_tcp_flag_letters
 
 /* 1 if to_record accepts the record (enum values in range, printable history), filling f. */
 int ft_record_facts(const sensor_flow_t *r, facts_t *f);

@@ -27,7 +27,7 @@ enum {
     SENSOR_CAUSE_TIMEOUT = 3, SENSOR_CAUSE_EVICT = 4, SENSOR_CAUSE_SHUTDOWN = 5
 };
 
-/* Argus `state` column for TCP/UDP/other; ICMP names are derived from type/code in Python. */
+/* Argus `state` column for TCP/UDP/other; ICMP: named by type and code (sensor_icmp*_names). */
 enum {
     SENSOR_STATE_NONE = 0, SENSOR_STATE_REQ = 1, SENSOR_STATE_ACC = 2, SENSOR_STATE_CON = 3,
     SENSOR_STATE_INT = 4, SENSOR_STATE_FIN = 5, SENSOR_STATE_RST = 6, SENSOR_STATE_CLO = 7,
@@ -188,6 +188,25 @@ const char *sensor_last_error(const sensor_t *s);  /* valid until the next call 
 size_t sensor_entry_size(void);
 void sensor_close(sensor_t *s);                    /* NULL-safe */
 
+/* --- Names (format.c): the one copy of every name table, read once by appliance/capture.py and
+ * appliance/fields.py. A NULL name ends a number -> name table. */
+typedef struct sensor_name {
+    uint32_t number;
+    const char *name;
+} sensor_name_t;
+extern const char *const sensor_cause_names[6];        /* by SENSOR_CAUSE_* */
+extern const char *const sensor_state_names[9];        /* by SENSOR_STATE_* ("" for ICMP: named below) */
+extern const char *const sensor_dir_names[6];          /* by SENSOR_DIR_*, right-aligned in 5 columns */
+extern const char *const sensor_conn_state_names[14];  /* by SENSOR_ZEEK_* ("" for none) */
+extern const char sensor_tcp_flag_letters[9];          /* tcpflags bit 0 (FIN) .. bit 7 (CWR) */
+extern const char sensor_argus_flag_letters[9];        /* the same bits as ra -Z spells them */
+extern const sensor_name_t sensor_ip_proto_names[];    /* IP protocols as ra prints them */
+extern const sensor_name_t sensor_ether_proto_names[]; /* ethertypes of non-IP flows (0: LLC) */
+extern const sensor_name_t sensor_llc_sap_names[];     /* 802.3 LLC SAPs (the port columns) */
+extern const sensor_name_t sensor_icmp4_names[];       /* ICMP state names by type */
+extern const sensor_name_t sensor_icmp4_unreach_names[]; /* ... and for unreachables by code */
+extern const sensor_name_t sensor_icmp6_names[];       /* ICMPv6 state names by type */
+
 /* --- Text output (format.c): ra's -c and column lines straight from records, as appliance/fields.py
  * and appliance/output.py print them. Field ids name record values (aliases share an id: svid is
  * SENSOR_FIELD_SVLAN). */
@@ -260,6 +279,8 @@ int sensor_store_insert(sensor_store_t *st, const sensor_flow_t *recs, size_t n)
 /* INSERT OR REPLACE one archive_info row (value: JSON text): an SQLite result code. */
 int sensor_store_set_info(sensor_store_t *st, const char *key, const char *json_value);
 const char *sensor_store_error(const sensor_store_t *st);   /* the last failure's message */
+/* The flows columns sensor_store_insert fills, in order, then NULL (appliance/record.py's). */
+extern const char *const sensor_store_columns[];
 int sensor_store_system_errno(const sensor_store_t *st);    /* its OS errno (ENOSPC, EIO), or 0 */
 void sensor_store_close(sensor_store_t *st);               /* NULL-safe */
 
@@ -301,6 +322,10 @@ int sensor_cluster_finish(sensor_cluster_t *c, const sensor_format_spec_t *spec)
 int sensor_cluster_format(sensor_cluster_t *c, char *out, size_t cap, size_t *used);
 const char *sensor_cluster_error(const sensor_cluster_t *c);   /* the last failure's message */
 void sensor_cluster_close(sensor_cluster_t *c);               /* NULL-safe */
+/* The merge rule of a field (SENSOR_FIELD_*) as appliance/record.py names it ("sum", "last", ...),
+ * or NULL for one C does not merge. */
+const char *sensor_cluster_merge_rule(unsigned field);
+extern const char sensor_cluster_letter_order[];   /* merged TCP flag letters come in this order */
 
 /* Compile a BPF filter for Ethernet without a device: SENSOR_OK, or SENSOR_EFILTER with libpcap's
  * message in errbuf (SENSOR_ERRBUF_SIZE bytes). Needs no privileges (the web page checks filters). */

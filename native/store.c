@@ -7,6 +7,7 @@
  * and every decision; this file only binds values. It uses its own connection to the file. */
 #include "format.h"
 #include "sha1.h"
+#include "store_columns.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -19,13 +20,12 @@ typedef struct row_text {
     char addr[2][64], mac[2][18], tcpflags[2][8], flgs[9], community_id[30];
 } row_text_t;
 
-/* The flows columns this fills, in order (appliance/archive.py FLOW_COLUMNS has them all). */
-#define FLOW_COLUMNS                                                                                \
-    "srcid, seq, cause, stime, ltime, dur, proto, saddr, sport, daddr, dport, dir, state, spkts,"  \
-    " dpkts, sbytes, dbytes, sappbytes, dappbytes, stos, dtos, sttl, dttl, smac, dmac, svlan,"     \
-    " dvlan, smpls, dmpls, sflags, dflags, synack, ackdat, tcprtt, sretrans, dretrans, sgap, dgap," \
-    " smaxsz, sminsz, dmaxsz, dminsz, flgs, conn_state, history, community_id, sintf"
-enum { NCOLUMNS = 47 };
+/* The flows columns this fills (store_columns.h): COL_seq is seq's index. */
+#define COLUMN_INDEX(name) COL_##name,
+#define COLUMN_NAME(name) #name,
+enum { SENSOR_STORE_COLUMNS(COLUMN_INDEX) NCOLUMNS };
+const char *const sensor_store_columns[] = {SENSOR_STORE_COLUMNS(COLUMN_NAME) NULL};
+enum { COLUMNS_TEXT = 1024 };       /* "srcid, seq, ...": the column names joined */
 
 /* One value of the row being inserted: type is SQLite's (SQLITE_NULL where to_record has None). */
 typedef struct cell {
@@ -41,6 +41,7 @@ struct sensor_store {
     cell_t cell[NCOLUMNS];          /* the current record's values (fill_row) */
     const sensor_flow_t *batch;     /* what the ft_batch table holds while insert runs */
     size_t batch_n;
+    char columns[COLUMNS_TEXT];     /* the column list of INSERT and of ft_batch's declaration */
 };
 
 static void fill_row(sensor_store_t *st, const sensor_flow_t *r);
@@ -49,7 +50,6 @@ static void fill_row(sensor_store_t *st, const sensor_flow_t *r);
  * (its rows are the batch's records): SQLite then keeps its cursors open from row to row, where
  * one INSERT per record paid the statement's set-up each time (a third of the insert time on 1 M
  * distinct sessions, bench/query_bench.py). */
-static const char INSERT_SQL[] = "INSERT INTO flows (" FLOW_COLUMNS ") SELECT " FLOW_COLUMNS " FROM ft_batch";
 static const char INFO_SQL[] = "INSERT OR REPLACE INTO archive_info (key, value) VALUES (?1, ?2)";
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -161,7 +161,10 @@ static int batch_connect(sqlite3 *db, void *aux, int argc, const char *const *ar
                          sqlite3_vtab **out, char **err)
 {
     (void)argc, (void)argv, (void)err;
-    int rc = sqlite3_declare_vtab(db, "CREATE TABLE x(" FLOW_COLUMNS ")");
+    sensor_store_t *st = aux;
+    char sql[COLUMNS_TEXT + 32];
+    snprintf(sql, sizeof sql, "CREATE TABLE x(%s)", st->columns);
+    int rc = sqlite3_declare_vtab(db, sql);
     if (rc != SQLITE_OK)
         return rc;
     batch_vtab_t *vt = sqlite3_malloc(sizeof *vt);
@@ -263,6 +266,14 @@ static const sqlite3_module BATCH_MODULE = {
     .xRowid = batch_rowid,
 };
 
+/* The column names joined by ", " into out (COLUMNS_TEXT bytes: the names are short). */
+static void join_columns(char out[COLUMNS_TEXT])
+{
+    size_t n = 0;
+    for (int i = 0; i < NCOLUMNS; i++)
+        n += (size_t)snprintf(out + n, COLUMNS_TEXT - n, "%s%s", i ? ", " : "", sensor_store_columns[i]);
+}
+
 static void error_text(sqlite3 *db, char *errbuf)
 {
     snprintf(errbuf, SENSOR_ERRBUF_SIZE, "%s", db ? sqlite3_errmsg(db) : "out of memory");
@@ -281,6 +292,9 @@ int sensor_store_open(const char *path, const char *srcid, char *errbuf, sensor_
         return SENSOR_ENOMEM;
     }
     strcpy(st->srcid, srcid);
+    join_columns(st->columns);
+    char insert[2 * COLUMNS_TEXT + 64];
+    snprintf(insert, sizeof insert, "INSERT INTO flows (%s) SELECT %s FROM ft_batch", st->columns, st->columns);
     /* One thread uses the handle (the writer's): no mutex around each SQLite call. */
     int rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK)
@@ -290,7 +304,7 @@ int sensor_store_open(const char *path, const char *srcid, char *errbuf, sensor_
     if (rc == SQLITE_OK)
         rc = sqlite3_create_module(st->db, "ft_batch", &BATCH_MODULE, st);
     if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v3(st->db, INSERT_SQL, -1, SQLITE_PREPARE_PERSISTENT, &st->insert, NULL);
+        rc = sqlite3_prepare_v3(st->db, insert, -1, SQLITE_PREPARE_PERSISTENT, &st->insert, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v3(st->db, INFO_SQL, -1, SQLITE_PREPARE_PERSISTENT, &st->info, NULL);
     if (rc != SQLITE_OK) {
@@ -317,24 +331,24 @@ int sensor_store_set_info(sensor_store_t *st, const char *key, const char *json_
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* Column i (1-based, FLOW_COLUMNS order) of the row being filled. */
+/* Column i (COL_*) of the row being filled. */
 static void put_int(cell_t *c, int i, sqlite3_int64 v)
 {
-    c[i - 1].type = SQLITE_INTEGER;
-    c[i - 1].v.i = v;
+    c[i].type = SQLITE_INTEGER;
+    c[i].v.i = v;
 }
 
 static void put_double(cell_t *c, int i, double v)
 {
-    c[i - 1].type = SQLITE_FLOAT;
-    c[i - 1].v.d = v;
+    c[i].type = SQLITE_FLOAT;
+    c[i].v.d = v;
 }
 
 static void put_text(cell_t *c, int i, const char *text, size_t n)
 {
-    c[i - 1].type = SQLITE_TEXT;                /* row_text_t or the record: kept until the row is made */
-    c[i - 1].v.t = text;
-    c[i - 1].n = (int)n;
+    c[i].type = SQLITE_TEXT;                /* row_text_t or the record: kept until the row is made */
+    c[i].v.t = text;
+    c[i].n = (int)n;
 }
 
 static void put_str(cell_t *c, int i, const char *text)
@@ -350,7 +364,7 @@ static void put_u64(cell_t *c, int i, uint64_t v)
         put_int(c, i, (sqlite3_int64)v);
 }
 
-/* One record's 47 values as to_record makes them (NULL where it has None). */
+/* One record's values as to_record makes them (NULL where it has None). */
 static void fill_row(sensor_store_t *st, const sensor_flow_t *r)
 {
     cell_t *s = st->cell;
@@ -362,78 +376,78 @@ static void fill_row(sensor_store_t *st, const sensor_flow_t *r)
     size_t n;
     int tcp = r->proto == 6 && f.ip;
 
-    put_str(s, 1, st->srcid);
-    put_u64(s, 2, r->seq);
+    put_str(s, COL_srcid, st->srcid);
+    put_u64(s, COL_seq, r->seq);
     if (ok)
-        put_str(s, 3, FT_CAUSES[r->cause]);
-    put_double(s, 4, (double)r->stime_us / 1e6);
-    put_double(s, 5, (double)r->ltime_us / 1e6);
-    put_double(s, 6, (double)((int64_t)(r->ltime_us - r->stime_us)) / 1e6);
-    put_int(s, 7, r->proto);
+        put_str(s, COL_cause, FT_CAUSES[r->cause]);
+    put_double(s, COL_stime, (double)r->stime_us / 1e6);
+    put_double(s, COL_ltime, (double)r->ltime_us / 1e6);
+    put_double(s, COL_dur, (double)((int64_t)(r->ltime_us - r->stime_us)) / 1e6);
+    put_int(s, COL_proto, r->proto);
     if ((n = ft_addr_text(r, 0, t->addr[0])))
-        put_text(s, 8, t->addr[0], n);
+        put_text(s, COL_saddr, t->addr[0], n);
     if ((n = ft_addr_text(r, 1, t->addr[1])))
-        put_text(s, 10, t->addr[1], n);
+        put_text(s, COL_daddr, t->addr[1], n);
     if (f.ported) {
-        put_int(s, 9, r->port[0]);
-        put_int(s, 11, r->port[1]);
+        put_int(s, COL_sport, r->port[0]);
+        put_int(s, COL_dport, r->port[1]);
     }
     if (ok) {
         const char *dir = FT_DIRS[r->dir];
-        put_str(s, 12, dir + strspn(dir, " "));
-        put_str(s, 13, ft_state_text(r));
+        put_str(s, COL_dir, dir + strspn(dir, " "));
+        put_str(s, COL_state, ft_state_text(r));
     }
-    put_u64(s, 14, r->pkts[0]);
-    put_u64(s, 15, r->pkts[1]);
-    put_u64(s, 16, r->bytes[0]);
-    put_u64(s, 17, r->bytes[1]);
-    put_u64(s, 18, r->appbytes[0]);
-    put_u64(s, 19, r->appbytes[1]);
+    put_u64(s, COL_spkts, r->pkts[0]);
+    put_u64(s, COL_dpkts, r->pkts[1]);
+    put_u64(s, COL_sbytes, r->bytes[0]);
+    put_u64(s, COL_dbytes, r->bytes[1]);
+    put_u64(s, COL_sappbytes, r->appbytes[0]);
+    put_u64(s, COL_dappbytes, r->appbytes[1]);
     if (f.sip && r->pkts[0]) {
-        put_int(s, 20, r->tos[0]);
-        put_int(s, 22, r->ttl[0]);
+        put_int(s, COL_stos, r->tos[0]);
+        put_int(s, COL_sttl, r->ttl[0]);
     }
     if (f.sip && r->pkts[1]) {
-        put_int(s, 21, r->tos[1]);
-        put_int(s, 23, r->ttl[1]);
+        put_int(s, COL_dtos, r->tos[1]);
+        put_int(s, COL_dttl, r->ttl[1]);
     }
     ft_mac_text(r->mac[0], t->mac[0]);
-    put_text(s, 24, t->mac[0], 17);
+    put_text(s, COL_smac, t->mac[0], 17);
     ft_mac_text(r->mac[1], t->mac[1]);
-    put_text(s, 25, t->mac[1], 17);
+    put_text(s, COL_dmac, t->mac[1], 17);
     if (r->vlan[0] != 0xFFFF)
-        put_int(s, 26, r->vlan[0]);
+        put_int(s, COL_svlan, r->vlan[0]);
     if (r->vlan[1] != 0xFFFF)
-        put_int(s, 27, r->vlan[1]);
+        put_int(s, COL_dvlan, r->vlan[1]);
     if (r->mpls[0] != 0xFFFFFFFFu)
-        put_int(s, 28, r->mpls[0]);
+        put_int(s, COL_smpls, r->mpls[0]);
     if (r->mpls[1] != 0xFFFFFFFFu)
-        put_int(s, 29, r->mpls[1]);
-    put_text(s, 30, t->tcpflags[0], ft_flag_letters(r->tcpflags[0], FT_TCP_FLAG_LETTERS, t->tcpflags[0]));
-    put_text(s, 31, t->tcpflags[1], ft_flag_letters(r->tcpflags[1], FT_TCP_FLAG_LETTERS, t->tcpflags[1]));
-    put_double(s, 32, r->synack_us / 1e6);
-    put_double(s, 33, r->ackdat_us / 1e6);
-    put_double(s, 34, ((uint64_t)r->synack_us + r->ackdat_us) / 1e6);
-    put_int(s, 35, r->retrans[0]);
-    put_int(s, 36, r->retrans[1]);
-    put_int(s, 37, r->gaps[0]);
-    put_int(s, 38, r->gaps[1]);
-    put_int(s, 39, r->maxsz[0]);
-    put_int(s, 40, r->minsz[0]);
-    put_int(s, 41, r->maxsz[1]);
-    put_int(s, 42, r->minsz[1]);
+        put_int(s, COL_dmpls, r->mpls[1]);
+    put_text(s, COL_sflags, t->tcpflags[0], ft_flag_letters(r->tcpflags[0], FT_TCP_FLAG_LETTERS, t->tcpflags[0]));
+    put_text(s, COL_dflags, t->tcpflags[1], ft_flag_letters(r->tcpflags[1], FT_TCP_FLAG_LETTERS, t->tcpflags[1]));
+    put_double(s, COL_synack, r->synack_us / 1e6);
+    put_double(s, COL_ackdat, r->ackdat_us / 1e6);
+    put_double(s, COL_tcprtt, ((uint64_t)r->synack_us + r->ackdat_us) / 1e6);
+    put_int(s, COL_sretrans, r->retrans[0]);
+    put_int(s, COL_dretrans, r->retrans[1]);
+    put_int(s, COL_sgap, r->gaps[0]);
+    put_int(s, COL_dgap, r->gaps[1]);
+    put_int(s, COL_smaxsz, r->maxsz[0]);
+    put_int(s, COL_sminsz, r->minsz[0]);
+    put_int(s, COL_dmaxsz, r->maxsz[1]);
+    put_int(s, COL_dminsz, r->minsz[1]);
     ft_flgs_text(r, t->flgs);
-    put_text(s, 43, t->flgs, 9);
+    put_text(s, COL_flgs, t->flgs, 9);
     if (tcp && ok) {
         if (r->conn_state)                       /* 0: not classified, None in to_record */
-            put_str(s, 44, FT_CONN_STATES[r->conn_state]);
-        put_text(s, 45, r->history, strnlen(r->history, sizeof r->history));
+            put_str(s, COL_conn_state, FT_CONN_STATES[r->conn_state]);
+        put_text(s, COL_history, r->history, strnlen(r->history, sizeof r->history));
     }
     if (f.sip && r->proto <= 255 && (r->addr_type == SENSOR_ADDR_IP4 || r->addr_type == SENSOR_ADDR_IP6)) {
         community_id(r, &f, t->community_id);
-        put_text(s, 46, t->community_id, 30);
+        put_text(s, COL_community_id, t->community_id, 30);
     }
-    put_int(s, 47, r->ifindex);
+    put_int(s, COL_sintf, r->ifindex);
 }
 
 int sensor_store_insert(sensor_store_t *st, const sensor_flow_t *recs, size_t n)

@@ -3,17 +3,16 @@
 #ifndef FLOWTAP_SCRATCH_STORE_H
 #define FLOWTAP_SCRATCH_STORE_H
 #include "sensor.h"
+#include "store_columns.h"
 
 #include <sqlite3.h>
 #include <unistd.h>
 
-/* The flows table's columns (appliance/archive.py FLOW_COLUMNS), untyped: enough for store.c. */
+/* The flows table's columns (store_columns.h), untyped: enough for store.c; one more column
+ * after them takes the list's trailing comma. */
+#define SCRATCH_COLUMN(name) #name ","
 static const char SCRATCH_SCHEMA[] =
-    "CREATE TABLE IF NOT EXISTS flows (srcid, seq, cause, stime, ltime, dur, proto, saddr, sport,"
-    " daddr, dport, dir, state, spkts, dpkts, sbytes, dbytes, sappbytes, dappbytes, stos, dtos, sttl,"
-    " dttl, smac, dmac, svlan, dvlan, smpls, dmpls, sflags, dflags, synack, ackdat, tcprtt, sretrans,"
-    " dretrans, sgap, dgap, smaxsz, sminsz, dmaxsz, dminsz, flgs, conn_state, history, community_id,"
-    " sintf);"
+    "CREATE TABLE IF NOT EXISTS flows (" SENSOR_STORE_COLUMNS(SCRATCH_COLUMN) " scratch_end);"
     "CREATE TABLE IF NOT EXISTS archive_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
 
 /* Make the scratch archive at path and open a store on it: the store, or NULL. With unlink_after,

@@ -406,8 +406,20 @@ def _run(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], 
     in C) and return True; when it returns False it has printed nothing.
     """
     # Records are acyclic dicts, by the million: the cyclic collector would only rescan them
-    # (a third of racluster's time over large archives). The command exits when done.
+    # (a third of racluster's time over large archives). Back on after: a caller in the same
+    # process (tests, the tutorial's runner) keeps its collector.
+    collecting = gc.isenabled()
     gc.disable()
+    try:
+        _read_and_print(command, o, transform, merged, text)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _read_and_print(command: str, o: dict[str, Any], transform: Callable[[Iterator[dict]], Iterable[dict]]
+                    | None, merged: Merged | None, text: Text | None) -> None:
+    """``_run``'s work, with the cyclic collector off."""
     modes = _check_modes(command, o["modes"])
     fields = _usage(lambda: _fields.parse_field_list(o["field_items"]))
     if o["delimiter"] is not None:

@@ -23,7 +23,7 @@ $(BIN)/python: | deps-build
 # The native module is rebuilt whenever a C source, the header or the packaging changes.
 $(STAMP): $(BIN)/python $(wildcard native/*.c native/*.h native/*.py) pyproject.toml setup.py Makefile
 	$(BIN)/pip install -q -e '.[test,systemd]'
-	$(BIN)/python -c "import appliance._native"
+	$(BIN)/python -c "import appliance._native, appliance._alertparse"
 	touch $@
 
 # Bytecode made here: imports then skip compiling (the environment may set PYTHONDONTWRITEBYTECODE),
@@ -48,7 +48,7 @@ bench: build
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info appliance/_native*.so appliance/_native.c appliance/_native.o
+	rm -rf $(VENV) build *.egg-info appliance/_native*.so appliance/_native.c appliance/_native.o appliance/_alertparse*.so appliance/_alertparse.c
 	$(MAKE) -C tests/native clean
 
 # Install on this machine (Debian 12 / Raspberry Pi OS, as root): venv in /opt/flowtap, units,

@@ -65,6 +65,7 @@ import functools
 import io
 import json
 import pathlib
+import pickle
 import re
 import struct
 import time as _time
@@ -74,6 +75,11 @@ from typing import Any, BinaryIO, Callable
 import orjson
 
 from .alert_types import PORT_PROTOS, Alert, AlertError, canonical_address, proto_number, row_id, row_of
+
+try:
+    from . import _alertparse           # native/alertparse.c: EVE alert lines to rows, in C
+except ImportError:                     # not built: every line is read in Python, the same rows
+    _alertparse = None
 
 FORMATS = ("eve", "snort3-json", "snort3-csv", "fast", "unified2")
 MAX_LINE = 1 << 20          # longer lines are bad lines, skipped without being kept in memory
@@ -723,10 +729,11 @@ def read(stream: BinaryIO, fmt: str | None = None, *, year: int | None = None,
 def read_rows(stream: BinaryIO, fmt: str | None = None, *, year: int | None = None,
               span: tuple[float, float] | None = None,
               sid_map: dict[tuple[int, int], str] | None = None,
-              stats: ReadStats | None = None) -> Iterator[tuple]:
+              stats: ReadStats | None = None, native: bool = True) -> Iterator[tuple]:
     """``read``'s alerts as the store's rows (``alert_types.row_of``), the same rows and counts;
-    an EVE alert line becomes its row directly (``_eve_row``), in half the time: what
-    ``flowtap alerts import`` reads.
+    an EVE alert line becomes its row directly, in C (``_eve_rows_native``) unless ``native`` is
+    False or the module is not built, else in Python (``_eve_row``): what ``flowtap alerts
+    import`` reads.
 
     :raises AlertError: as ``read``.
     """
@@ -735,6 +742,9 @@ def read_rows(stream: BinaryIO, fmt: str | None = None, *, year: int | None = No
     if fmt != "eve":
         yield from map(row_of, read(stream, fmt, year=year, span=span, sid_map=sid_map, stats=stats))
         return
+    if native and _alertparse is not None:
+        yield from _eve_rows_native(stream, year, span, sid_map, stats)
+        return
     for number, line, too_long in _lines(stream):
         row = None if too_long else _eve_row(line, sid_map)
         if row is not None:
@@ -742,6 +752,84 @@ def read_rows(stream: BinaryIO, fmt: str | None = None, *, year: int | None = No
             yield row
         elif (alert := _read_line(_eve, number, line, too_long, year, span, sid_map, stats)) is not None:
             yield row_of(alert)
+
+
+# --- EVE lines to rows in C ------------------------------------------------------------------------
+#
+# native/alertparse.c reads a chunk of lines at a time and answers with one pickle: the row of each
+# plain alert line, a count of the lines to skip, the bytes of every line it leaves to Python (which
+# reads it as ``_lines`` and ``_eve_row``/``_eve`` would). The pickle makes the rows' objects in C.
+
+CHUNK = 1 << 20                              # bytes of lines per read; and the rest of the last line
+_NATIVE_OUT = CHUNK + MAX_LINE + (1 << 16)   # the pickle's room: one line of a chunk always fits
+
+
+def _eve_rows_native(stream: BinaryIO, year, span, sid_map, stats: ReadStats) -> Iterator[tuple]:
+    """``read_rows`` of an EVE stream through ``_alertparse``: the same rows and counts."""
+    ffi, lib = _alertparse.ffi, _alertparse.lib
+    out, out_len = ffi.new("unsigned char[]", _NATIVE_OUT), ffi.new("size_t *")
+    number = 0
+    for data in _chunks(stream):
+        pos = 0
+        while pos < len(data):
+            end = lib.alertparse_eve(data, len(data), pos, MAX_LINE, out, _NATIVE_OUT, out_len)
+            if end <= pos:
+                raise RuntimeError("alertparse made no progress")   # _NATIVE_OUT holds any line
+            pos = end
+            for item in _NativeRows(io.BufferedReader(io.BytesIO(ffi.buffer(out, out_len[0])))).load():
+                kind = type(item)
+                if kind is tuple:
+                    number += 1
+                    stats.read += 1
+                    yield item if not sid_map or item[5] else _with_msg(item, sid_map)
+                elif kind is int:
+                    number += item
+                    stats.skipped += item
+                else:
+                    number += 1
+                    row = _left_line(stream, number, item, year, span, sid_map, stats)
+                    if row is not None:
+                        yield row
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    """The stream in pieces that end with a line: CHUNK bytes and the rest of their last line, of
+    which at most MAX_LINE + 1 bytes (a longer line is bad: ``_left_line`` reads past its rest)."""
+    while data := stream.read(CHUNK):
+        if data[-1:] != b"\n":
+            data += stream.readline(MAX_LINE + 1)
+        yield data
+
+
+class _NativeRows(pickle.Unpickler):
+    """alertparse.c's pickle: data only (a list of tuples, numbers, strings, bytes); a class or
+    function named in it is refused, whatever a bug there might write."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name}: not in a row")
+
+
+def _with_msg(row: tuple, sid_map: dict) -> tuple:
+    """A row without a message, given the sid map's (``_alert``'s ``msg or _lookup``)."""
+    return row[:5] + (_lookup(sid_map, row[2], row[3]),) + row[6:]
+
+
+def _left_line(stream: BinaryIO, number: int, line: bytes, year, span, sid_map,
+               stats: ReadStats) -> tuple | None:
+    """A line alertparse.c left, read as ``read_rows`` reads it in Python: its row, or None (the
+    line skipped or bad, counted). A line over MAX_LINE is bad, and the rest of it read past."""
+    too_long = len(line.removesuffix(b"\n")) > MAX_LINE
+    if too_long:
+        rest = line
+        while rest and rest[-1:] != b"\n":      # what _lines does: the line's end is not kept
+            rest = stream.readline(MAX_LINE)
+        line = line[:120]
+    row = None if too_long else _eve_row(line, sid_map)
+    if row is not None:
+        stats.read += 1
+        return row
+    alert = _read_line(_eve, number, line, too_long, year, span, sid_map, stats)
+    return None if alert is None else row_of(alert)
 
 
 def _opened(stream: BinaryIO, fmt: str | None) -> tuple[str | None, BinaryIO]:

@@ -34,7 +34,7 @@ sys.path[:0] = [str(BENCH), str(REPO)]
 import query_bench as qb                                 # noqa: E402
 import run as common                                     # noqa: E402
 
-from appliance import alerts, archive                    # noqa: E402
+from appliance import alert_formats, alerts, archive     # noqa: E402
 
 N_ALERTS = 1_000_000
 UNLINKED = 0.10
@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; revision: "
         f"{common.revision()}. Machine: {common.machine()}. Set: {n_set:,} session records in 10 hourly archives "
         f"(`bench/query_bench.py`'s set-10m); {n_lines:,} Suricata EVE alert lines, {UNLINKED:.0%} on "
-        "endpoints no session has. Command: `.venv/bin/python bench/alerts_bench.py --keep`.",
+        "endpoints no session has. EVE lines read in "
+        f"{'C (appliance._alertparse)' if alert_formats._alertparse else 'Python (appliance._alertparse not built)'}. "
+        "Command: `.venv/bin/python bench/alerts_bench.py --keep`.",
         "",
         "| case | command | result |",
         "|---|---|---|",

@@ -653,7 +653,7 @@ def odd_eve_lines() -> list[bytes]:
            '{"x": "\\"event_type\\": \\"alert\\"", "event_type": "flow"}',
            '{"event_type": "alert", "event_type": "flow", "alert": {"signature_id": 1}}',
            '  ' + eve() + '  ', "[" + eve() + "]", eve() + " x", "", "# " + eve()]
-    out = [x.encode() for x in bad_eve + odd]
+    out = [x.encode() for x in bad_eve + odd + native_odd_eve_lines()]
     out.append(eve().replace("LOCAL GET", "LOCAL \udcff GET").encode("utf-8", "surrogateescape"))
     out.append(eve().replace("LOCAL GET", "LOCAL \udced\udca0\udc80 GET").encode("utf-8", "surrogateescape"))
     out.append(eve().encode()[:-5] + b"\xff" + eve().encode()[-5:])
@@ -661,11 +661,65 @@ def odd_eve_lines() -> list[bytes]:
     return out
 
 
+def native_odd_eve_lines() -> list[str]:
+    """Lines at the edges of what native/alertparse.c reads itself: JSON it must check as orjson
+    does, fields at their limits, times at the edges of the calendar."""
+    plain = eve()
+    return [
+        eve(alert={"signature_id": 7, "signature": 'say \\"hi\\"'}), eve(app_proto="a\u00e9b"),
+        plain.replace('"src_ip"', '"src\\u005fip"'), plain.replace('"alert": {', '"alert": {"gid": 2, '),
+        plain.replace('"flow_id"', '"src_ip": "10.0.0.9", "flow_id"'), plain[:-1] + ', "alert": 5}',
+        plain[:-1] + ', "x": [1, -2, 3.5, 0.25e3, true, false, null, {"a": [[]]}, "\\ud800"]}',
+        plain[:-1] + ', "x": [1, -0, 1.5, -2.5, {}, [], "\\n\\t\\/\\u0041"]}', plain[:-1] + ', "x": 01}',
+        plain[:-1] + ', "x": 1.}', plain[:-1] + ', "x": [1,]}', plain[:-1] + ', "x": tru}',
+        plain[:-1] + ', "x": 123456789012345678901234567890}', plain[:-1] + ', "x": 1e400}',
+        plain[:-1] + ', "x": "\\x"}', plain[:-1] + ', "x": "\\u12g4"}', plain[:-1] + ', "x": "a\tb"}',
+        plain[:-1] + ', "x": ' + "[" * 40 + "]" * 40 + "}", plain[:-1] + ', "x": ' + "[" * 20 + "]" * 20 + "}",
+        plain[:-1] + ', "x": "\x7f"}', plain[:-1] + "}", plain[:-1] + ",}", plain + "\r", plain.replace(" ", "\t"),
+        plain.replace(", ", ","), plain.replace(": ", " : "), "{}", '{"event_type": "alert"}',
+        '{"event_type": "alert", "alert": {}}', eve(alert={"signature_id": 7}, src_ip=None),
+        eve(flow_id=-1), eve(flow_id=2**64), eve(flow_id=10**19), eve(flow_id=1.0), eve(src_port=65536),
+        eve(src_port=65535, dest_port=0), eve(alert={"signature_id": 2**32}), eve(alert={"signature_id": 0}),
+        eve(alert={"signature_id": 7, "gid": None}), eve(alert={"signature_id": 7, "rev": 2**32 - 1}),
+        eve(alert={"signature_id": 7, "severity": None, "signature": None, "category": None, "action": None}),
+        eve(alert={"signature_id": 7, "signature": ""}), eve(alert={"signature_id": 1000001, "signature": ""}),
+        eve(alert={"signature_id": 7, "signature": "m" * 300}), eve(app_proto=""), eve(app_proto=None),
+        eve(community_id=""), eve(community_id=5), eve(src_ip="10.0.0.01"), eve(src_ip="1.2.3.4.5"),
+        eve(src_ip="256.1.1.1"), eve(dest_ip="0.0.0.0"), eve(dest_ip="255.255.255.255"), eve(src_ip="1.2.3"),
+        eve(src_ip=""), eve(src_ip=7), eve(proto="tcp"), eve(proto="Udp"), eve(proto=" TCP"), eve(proto="ip"),
+        eve(proto="proto-47"), eve(proto="PROTO:047"), eve(proto="47"), eve(proto=47), eve(proto=256),
+        eve(proto=0), eve(proto="IPV6-ICMP"), eve(proto="icmp"), eve(proto="sctp"), eve(proto="GRE"),
+        eve(proto="x" * 30), eve(proto=True), eve(src_port=None, dest_port=None),
+        eve(timestamp="2004-05-13T12:17:08.222534+02:00"), eve(timestamp="2004-05-13T12:17:08.222534-0130"),
+        eve(timestamp="2004-05-13T12:17:08.222534+9999"), eve(timestamp="2004-05-13T12:17:08.222534+02"),
+        eve(timestamp="2004-05-13T12:17:08.222534+0200 "), eve(timestamp="1970-01-01T00:00:00.000000+0000"),
+        eve(timestamp="1970-01-01T00:00:00.000000+0001"), eve(timestamp="1969-12-31T23:59:59.999999-0100"),
+        eve(timestamp="2004-02-29T00:00:00.000001Z"), eve(timestamp="2003-02-29T00:00:00.000001Z"),
+        eve(timestamp="2000-02-29T23:59:59.999999Z"), eve(timestamp="2100-02-29T00:00:00.000000Z"),
+        eve(timestamp="2004-04-31T00:00:00.000000Z"), eve(timestamp="2004-13-01T00:00:00.000000Z"),
+        eve(timestamp="2004-00-01T00:00:00.000000Z"), eve(timestamp="2004-01-00T00:00:00.000000Z"),
+        eve(timestamp="2004-05-13T24:00:00.000000Z"), eve(timestamp="2004-05-13T23:60:00.000000Z"),
+        eve(timestamp="9999-12-31T23:58:59.999999Z"), eve(timestamp="9999-12-31T23:59:00.000000Z"),
+        eve(timestamp="9999-12-31T23:59:59.999999-0100"), eve(timestamp="2004-05-13T12:17:08.999999+0200"),
+        eve(timestamp="2004-05-13t12:17:08.222534+0200"), eve(timestamp="2004-05-13T12:17:08,222534+0200"),
+        eve(timestamp="2004-05-13T12:17:08.222534z"), eve(timestamp=""), eve(timestamp="2004-05-13T12:17:08"),
+        *(eve(src_ip=a, proto="icmp") for a in (
+            "2001:db8:c::1f3", "::", "::1", "1::", "1:0:0:1:0:0:0:1", "1:0:0:0:1:0:0:1", "0:0:1:0:0:1:0:0",
+            "2001:DB8::1", "2001:db8:0::1", "::ffff:102:304", "::ffff:1.2.3.4", "fe80::1%eth0",
+            "1:2:3:4:5:6:7::", "1:0:2:0:3:0:4:0", "abcd::12345", "1::2::3", ":1::", "1:2:3:4:5:6:7:8:9")),
+        eve(src_ip="10.0.0.1", dest_ip="2001:db8::1", proto="icmp"), eve(src_ip="2001:db8::1", dest_ip="10.0.0.1"),
+    ]
+
+
+@pytest.mark.parametrize("native", [False, True])
 @pytest.mark.parametrize("sid_map", [None, {(1, 1000001): "from the map", (1, 7): "seven"}])
-def test_read_rows_are_the_rows_of_read_line_by_line_and_together(sid_map):
-    """The EVE fast path changes nothing: for each odd line alone, and all of them in one stream
-    (with CR LF, and forced or detected), the rows and every count equal ``row_of`` of ``read``."""
+def test_read_rows_are_the_rows_of_read_line_by_line_and_together(sid_map, native):
+    """The EVE fast paths change nothing: for each odd line alone, and all of them in one stream
+    (with CR LF, and forced or detected), the rows and every count equal ``row_of`` of ``read``,
+    read in C (``native``) or in Python."""
     from appliance.alert_types import row_of
+    if native:
+        need_native()
     lines = odd_eve_lines()
     streams = [line + b"\n" for line in lines]
     streams.append(b"\n".join(lines) + b"\n")
@@ -677,9 +731,9 @@ def test_read_rows_are_the_rows_of_read_line_by_line_and_together(sid_map):
                 want = [row_of(a) for a in af.read(io.BytesIO(data), fmt, sid_map=sid_map, stats=want_stats)]
             except AlertError as e:                        # detection refused the first line
                 with pytest.raises(AlertError, match=re.escape(str(e))):
-                    list(af.read_rows(io.BytesIO(data), fmt, sid_map=sid_map, stats=got_stats))
+                    list(af.read_rows(io.BytesIO(data), fmt, sid_map=sid_map, stats=got_stats, native=native))
                 continue
-            got = list(af.read_rows(io.BytesIO(data), fmt, sid_map=sid_map, stats=got_stats))
+            got = list(af.read_rows(io.BytesIO(data), fmt, sid_map=sid_map, stats=got_stats, native=native))
             assert got == want and got_stats == want_stats, data[:200]
 
 
@@ -710,3 +764,167 @@ def test_row_id_is_the_alert_id_as_a_signed_rowid():
         want = int(alert_id(fmt, raw), 16)
         assert row_id(fmt.encode(), raw.encode("utf-8", "surrogatepass")) == (
             want - (1 << 64) if want >= 1 << 63 else want)
+
+
+# --- EVE lines to rows in C (native/alertparse.c) -------------------------------------------------
+
+def need_native():
+    """Fail, never skip: `make build` builds the parser (setup.py's cffi_modules)."""
+    if af._alertparse is None:
+        pytest.fail("appliance._alertparse is not built: make build")
+
+
+def native_items(data: bytes) -> list:
+    """What alertparse.c answers for ``data``: rows, counts of skipped lines, lines it leaves."""
+    ffi, lib = af._alertparse.ffi, af._alertparse.lib
+    out, out_len = ffi.new("unsigned char[]", len(data) + 4096), ffi.new("size_t *")
+    assert lib.alertparse_eve(data, len(data), 0, af.MAX_LINE, out, len(out), out_len) == len(data)
+    return af._NativeRows(io.BytesIO(ffi.buffer(out, out_len[0]))).load()
+
+
+def rows_both_ways(data: bytes, **kw) -> tuple:
+    """read_rows of ``data`` in C and in Python: (rows, stats) each."""
+    out = []
+    for native in (True, False):
+        stats = af.ReadStats()
+        out.append((list(af.read_rows(io.BytesIO(data), "eve", stats=stats, native=native, **kw)), stats))
+    return out[0], out[1]
+
+
+def test_native_reads_plain_alerts_itself_and_leaves_the_rest():
+    """A plain alert line comes back as its row, a run of other events as one count, anything
+    else as the line's own bytes (for Python): the C path really is taken."""
+    from appliance.alert_types import row_of
+    need_native()
+    line = eve().encode()
+    flow = b'{"timestamp": "2004-05-13T12:17:08.222534+0200", "event_type": "flow", "x": {"y": 1}}'
+    odd = eve(src_port="3372").encode()
+    items = native_items(line + b"\n" + flow + b"\n\n" + flow + b"\r\n" + odd + b"\n" + line)
+    want = row_of(af.parse_line("eve", eve()))
+    assert items == [want, 3, odd + b"\n", want]
+    assert native_items(b"") == [] and native_items(b"\n\n") == [2]
+
+
+def test_native_rows_across_chunks_and_over_long_lines():
+    """Lines across the 1 MiB reads, a line of exactly MAX_LINE bytes and one byte more (bad, read
+    past: with and without its newline at the end of a read), a last line without newline: C and
+    Python give the same rows and counts."""
+    need_native()
+    line = eve().encode() + b"\n"
+    fill = line * (af.CHUNK // len(line) - 3)
+    longest = eve(app_proto="y" * (af.MAX_LINE - len(eve(app_proto="")))).encode()   # a plain alert
+    assert len(longest) == af.MAX_LINE
+    over = longest.replace(b'"yy', b'"yyy')
+    for data in (fill + longest + b"\n" + line + over + b"\n" + line * 3 + eve().encode(),
+                 fill + over + b"\n" + over + b"\r\n" + line, fill + line * 2 + over,
+                 fill + b"x" * (3 * af.MAX_LINE) + b"\n" + line, line + b"x" * (af.CHUNK * 3) + line):
+        (got, got_stats), (want, want_stats) = rows_both_ways(data)
+        assert got == want and got_stats == want_stats
+        assert want_stats.read >= 1
+
+
+FUZZ_VALUES = [None, "", "x", "10.0.0.01", "2001:db8::1", "2001:db8:0:0:1::1", "::ffff:1.2.3.4", "TCP", "icmp", "proto-47", 0, -1, 1.5, 47, 65536,
+               2**32, 2**63, True, [], {}, {"signature_id": 5}, "2004-05-13T12:17:08.222534Z",
+               "2004-02-30T12:17:08.222534+0000", "caf\u00e9", 'q"q', "a\\b", "x" * 70]
+
+
+def mutate_value(rng, line: bytes) -> bytes:
+    """A real line with one field (top level or in ``alert``) set to an odd value, or dropped."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(obj, dict):
+        return line
+    inner = obj.get("alert") if isinstance(obj.get("alert"), dict) and rng.random() < 0.5 else obj
+    key = rng.choice(sorted(inner) or ["x"])
+    value = rng.choice(FUZZ_VALUES)
+    if value is None and rng.random() < 0.5:
+        inner.pop(key, None)
+    else:
+        inner[key] = value
+    return json.dumps(obj, ensure_ascii=rng.random() < 0.5,
+                      separators=rng.choice([(", ", ": "), (",", ":"), (" ,", " : ")])).encode("utf-8", "surrogatepass")
+
+
+def mutate(rng, line: bytes) -> bytes:
+    """A real line changed in one to three places: a field's value (half the time, the line then
+    still JSON), bytes replaced, inserted, deleted or repeated."""
+    if rng.random() < 0.5:
+        return mutate_value(rng, line)
+    alphabet = b'"{}[]:,.\\ -+0123456789eEaZTnul/\r\t\x00\x7f\xc3\xa9\xff'
+    data = bytearray(line)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(data) + 1)
+        what = rng.randrange(4)
+        if what == 0 and at < len(data):
+            data[at] = rng.choice(alphabet)
+        elif what == 1:
+            data[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 3)))
+        elif what == 2:
+            del data[at:at + rng.randint(1, 8)]
+        else:
+            data[at:at] = data[at:at + rng.randint(1, 40)]
+    return bytes(data).replace(b"\n", b" ")
+
+
+def test_native_rows_equal_pythons_for_ten_thousand_mutated_lines():
+    """Fuzz: 10,000 random mutations of real EVE lines (the fixtures', the benchmark's kind, the
+    odd ones) read in C and in Python give the same rows and counts; a difference names its line."""
+    import random
+    need_native()
+    rng = random.Random(2026)
+    seeds = [x for x in (ALERTS / "dpkt-http.eve.json").read_bytes().splitlines() if x]
+    seeds += [x for x in (ALERTS / "tcpreplay-test.eve.json").read_bytes().splitlines() if x]
+    seeds += [eve().encode(), eve(proto="UDP", community_id=None, app_proto=None).replace(", ", ",").encode()]
+    seeds += [x for x in odd_eve_lines() if len(x) < 2000]
+    lines = [mutate(rng, rng.choice(seeds)) for _ in range(10_000)]
+    sid_map = {(1, 1000001): "from the map"}
+    (got, got_stats), (want, want_stats) = rows_both_ways(b"\n".join(lines) + b"\n", sid_map=sid_map)
+    if got != want or got_stats != want_stats:
+        for line in lines:
+            assert rows_both_ways(line + b"\n", sid_map=sid_map)[0] == rows_both_ways(
+                line + b"\n", sid_map=sid_map)[1], line
+    assert got == want and got_stats == want_stats
+    assert want_stats.read > 500 and want_stats.bad > 1000 and want_stats.skipped > 500   # every kind made
+    data = b"\n".join(lines) + b"\n"
+    assert sum(type(x) is tuple for x in native_items(data)) > 300           # many rows made in C
+
+
+def test_native_ipv6_text_is_pythons():
+    """Random IPv6 addresses (zero groups likely): in the text ipaddress gives them, C makes the
+    row itself (but IPv4-mapped ones); written any other way, Python does; the rows are the same."""
+    import ipaddress
+    import random
+    need_native()
+    rng = random.Random(6)
+    lines = []
+    for _ in range(2000):
+        address = ipaddress.IPv6Address(bytes(
+            b for _ in range(8) for b in (rng.randrange(3) and (0, 0) or rng.randbytes(2))))
+        for text in (str(address), address.exploded, str(address).upper()):
+            lines.append(eve(src_ip=text, dest_ip=str(address)).encode())
+    data = b"\n".join(lines) + b"\n"
+    (got, got_stats), (want, want_stats) = rows_both_ways(data)
+    assert got == want and got_stats == want_stats and want_stats.read == len(lines)
+    made = [x for x in native_items(data) if type(x) is tuple]
+    assert 1900 < len(made) < len(lines) and {x[9] for x in made} == {x[11] for x in made}
+
+
+def test_native_read_holds_a_chunk_and_a_line_at_most():
+    """The bound on what the C path holds: a read of CHUNK bytes and the rest of its last line
+    (at most MAX_LINE + 1 of it), with its pickle and the line left to Python, whatever the lines'
+    length: a 24 MiB line is read past."""
+    import tracemalloc
+    need_native()
+    line = eve().encode() + b"\n"
+    stream = io.BytesIO(line * 5000 + b"{" * (24 << 20) + b"\n" + line * 5000)
+    tracemalloc.start()
+    try:
+        stats = af.ReadStats()
+        n = sum(1 for _ in af.read_rows(stream, "eve", stats=stats, native=True))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 10_000 and stats.bad == 1 and stats.first_bad[0] == 5001
+    assert peak < 4 * (af.CHUNK + af.MAX_LINE), peak

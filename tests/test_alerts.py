@@ -475,3 +475,27 @@ def test_cli_import_of_eve_stores_what_import_alerts_of_read_does(tmp_path, runn
     assert f"line {stats.first_bad[0]}: {stats.first_bad[1]}" in out.stderr
     assert hour_rows(stores[0]) == hour_rows(stores[1]) and want.linked > 0 and want.imported > 10
     assert gc.isenabled()                       # paused for the import only
+
+
+@pytest.mark.parametrize("fixture", ["dpkt-http.eve.json", "tcpreplay-test.eve.json", "odd"])
+def test_import_of_eve_read_in_c_stores_what_python_does(tmp_path, fixture):
+    """EVE lines read in C (appliance._alertparse) or in Python: the same hour files, the same
+    result and counts, for the fixtures and for the odd and hostile lines."""
+    from test_alert_formats import eve as eve_line, need_native, odd_eve_lines
+    from appliance import alert_formats as af
+
+    need_native()
+    rec = build_record(stime=1084443420.0, ltime=1084443440.0, saddr="145.254.160.237", sport=3372,
+                       daddr="65.208.228.223", dport=80, community_id="1:D0Hb5PnRilB52ktTszXCb9PSY8M=")
+    path = FIXTURES / fixture
+    if fixture == "odd":
+        path = tmp_path / "odd.json"
+        path.write_bytes(b"\n".join([eve_line().encode(), *odd_eve_lines()]) + b"\n")
+    out = []
+    for native in (True, False):
+        store = write_archive(tmp_path / str(native), [dict(rec)])
+        stats = af.ReadStats()
+        with path.open("rb") as f:
+            result = alerts.import_rows(store, af.read_rows(f, stats=stats, native=native))
+        out.append((result, stats, hour_rows(store)))
+    assert out[0] == out[1] and out[0][0].imported >= 5

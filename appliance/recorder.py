@@ -262,6 +262,7 @@ class Recorder:
                     self._emit_live(cap)
                 now_us = self._emit_live(cap)
                 now = now_us / 1e6
+                writer.tick(now)
                 self._status_tick(cap, name, clock_synced=sysinfo.clock_synchronised(), now=now)
                 mono = time.monotonic()
                 if mono - last_file >= STATUS_FILE_INTERVAL:

@@ -298,7 +298,9 @@ int sensor_store_open(const char *path, const char *srcid, char *errbuf, sensor_
     /* One thread uses the handle (the writer's): no mutex around each SQLite call. */
     int rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK)
-        rc = sqlite3_exec(st->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
+        /* FULL: each commit is on the medium when it returns (WAL with NORMAL syncs only at a
+         * checkpoint, so a power cut could take back every commit since: more than one interval). */
+        rc = sqlite3_exec(st->db, "PRAGMA synchronous = FULL", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_busy_timeout(st->db, 5000);
     if (rc == SQLITE_OK)

@@ -107,6 +107,26 @@ def test_records_beyond_the_buffer_limit_go_oldest_first(tmp_path, pcaps_dir):
     assert kept == [r[0] for r in raw[150:]]
 
 
+def test_a_quiet_link_commits_its_last_records_within_one_interval(tmp_path, pcaps_dir):
+    """Records queued with nothing after them (a link gone quiet) reach the archive once the commit
+    interval has passed, through the recorder loop's tick: they do not wait for the next record."""
+    cfg = make_config(tmp_path, commit_interval=0.3)
+    raw = list(capture.meter_file_raw(str(pcaps_dir / "basic/dpkt-http.pcap"), cfg.flows))
+    w = ArchiveWriter(cfg.archive, cfg.sensor.id, "x", "d")
+    now = raw[-1][2] / 1e6
+    w.add_packed(b"", now)                                 # commits nothing, starts the interval
+    w.add_packed(b"".join(capture.RECORD.pack(*r) for r in raw), now)
+    assert w.queued == len(raw) and w.records_written == 0
+    w.tick(now)
+    assert w.records_written == 0                          # the interval has not passed yet
+    time.sleep(0.35)
+    w.tick(now)
+    assert w.queued == 0 and w.records_written == len(raw)
+    with archive.open_readonly(archive.list_archives(cfg.archive.dir)[0]) as conn:
+        assert conn.execute("SELECT count(*) FROM flows").fetchone()[0] == len(raw)
+    w.close(now)
+
+
 def test_rotation_by_period_splits_nothing_and_info_matches(tmp_path, pcaps_dir):
     # The DNP3 capture spans three hours of packet time: with 10-minute periods it makes many files.
     cfg = make_config(tmp_path, rotate_interval=600)

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PCAPS  ?= ../shared/pcaps
 STAMP  := $(VENV)/.flowtap-built
 
-.PHONY: all build run test asan fuzz bench clean deps-build deps-test
+.PHONY: all build run test asan fuzz bench clean deps-build deps-test boot-test
 
 all: build
 
@@ -46,6 +46,10 @@ asan:
 
 bench: build
 	$(BIN)/python bench/run.py
+
+# The amd64 image booted under QEMU with CYCLES power cuts (CI runs 2); figures: bench/RESULTS.md.
+boot-test: deps-test build
+	FLOWTAP_BOOT_CYCLES=$(or $(CYCLES),10) $(BIN)/python -m pytest -q tests/test_boot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info appliance/_native*.so appliance/_native.c appliance/_native.o appliance/_alertparse*.so appliance/_alertparse.c

@@ -4,9 +4,12 @@
 #   image/build.sh [--arch arm64|amd64] [--flavour raspios|debian] [--rootfs-only] OUT_DIR
 #
 #   --arch arm64        the Raspberry Pi 4/5 image (default)
-#   --arch amd64        only with --rootfs-only: a test root file system for this machine
+#   --arch amd64        the same image for a PC or a virtual machine (linux-image-amd64; flavour
+#                       debian): boot partition with the kernel, initrd and cmdline.txt, booted by
+#                       QEMU's direct kernel boot in tests/test_boot.py; with --rootfs-only, the
+#                       test root file system for this machine
 #   --flavour raspios   Debian bookworm + the Raspberry Pi OS archive (its kernels for Pi 4 and
-#                       Pi 5, firmware, rpi-eeprom): the product (default)
+#                       Pi 5, firmware, rpi-eeprom): the product (default for arm64)
 #   --flavour debian    Debian bookworm only (raspi-firmware, linux-image-arm64): Pi 4 only
 #   --rootfs-only       stop after installing flowtap: OUT_DIR is the root file system
 #   --cache DIR         keep bootstrapped base trees here (default $FLOWTAP_IMAGE_CACHE or
@@ -24,7 +27,7 @@
 set -euo pipefail
 
 ARCH=arm64
-FLAVOUR=raspios
+FLAVOUR=
 ROOTFS_ONLY=0
 CACHE=${FLOWTAP_IMAGE_CACHE:-/var/cache/flowtap-image}
 SUITE=bookworm
@@ -35,7 +38,7 @@ RPI_KEYRING=${RPI_KEYRING:-/usr/share/keyrings/raspberrypi-archive-keyring.gpg}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/.." && pwd)
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 say() { printf '\033[1mbuild:\033[0m %s\n' "$*" >&2; }
 die() { printf 'build: error: %s\n' "$*" >&2; exit 1; }
 
@@ -55,8 +58,10 @@ done
 [ -n "$OUT" ] || usage 2
 [ "$(id -u)" = 0 ] || die "run as root (chroot, mounts, file ownership)"
 case "$ARCH" in arm64|amd64) ;; *) die "--arch must be arm64 or amd64" ;; esac
+# amd64 has no Raspberry Pi OS: Debian's kernel, nothing else.
+[ -n "$FLAVOUR" ] || { [ "$ARCH" = arm64 ] && FLAVOUR=raspios || FLAVOUR=debian; }
 case "$FLAVOUR" in raspios|debian) ;; *) die "--flavour must be raspios or debian" ;; esac
-[ "$ARCH" = arm64 ] || [ "$ROOTFS_ONLY" = 1 ] || die "amd64 builds a root file system only (--rootfs-only)"
+[ "$ARCH" = arm64 ] || [ "$FLAVOUR" = debian ] || die "--arch amd64 is flavour debian only"
 command -v mmdebstrap >/dev/null || die "mmdebstrap is missing (apt-get install mmdebstrap)"
 
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$SRC" log -1 --format=%ct 2>/dev/null || echo 1700000000)}
@@ -166,13 +171,17 @@ if [ "$ROOTFS_ONLY" = 1 ]; then
     base_tree rootfs "$RUNTIME" "$ROOT"
 else
     ROOT=$WORK/rootfs
+    # busybox: the initramfs's tools; without it initramfs-tools falls back to klibc, which has no
+    # grep, and overlayroot's boot script fails (the read-only root never happens).
     IMAGE_PKGS="$RUNTIME systemd-sysv udev dbus kmod systemd-timesyncd fake-hwclock openssh-server \
-        overlayroot initramfs-tools cloud-guest-utils e2fsprogs fdisk ethtool tcpdump wpasupplicant \
-        iw ca-certificates less firmware-brcm80211 wireless-regdb"
-    if [ "$FLAVOUR" = raspios ]; then
-        IMAGE_PKGS="$IMAGE_PKGS raspberrypi-archive-keyring raspi-firmware linux-image-rpi-v8 linux-image-rpi-2712 rpi-eeprom"
+        overlayroot busybox initramfs-tools cloud-guest-utils e2fsprogs fdisk ethtool tcpdump wpasupplicant \
+        iw ca-certificates less wireless-regdb"
+    if [ "$ARCH" = amd64 ]; then
+        IMAGE_PKGS="$IMAGE_PKGS linux-image-amd64"       # a PC or a VM: no Pi firmware
+    elif [ "$FLAVOUR" = raspios ]; then
+        IMAGE_PKGS="$IMAGE_PKGS firmware-brcm80211 raspberrypi-archive-keyring raspi-firmware linux-image-rpi-v8 linux-image-rpi-2712 rpi-eeprom"
     else
-        IMAGE_PKGS="$IMAGE_PKGS raspi-firmware linux-image-arm64"
+        IMAGE_PKGS="$IMAGE_PKGS firmware-brcm80211 raspi-firmware linux-image-arm64"
     fi
     base_tree image "$IMAGE_PKGS" "$ROOT"
 fi
@@ -211,8 +220,14 @@ install -d "$ROOT/etc/systemd/system/fake-hwclock.service.d" "$ROOT/etc/systemd/
 install -m 0644 "$HERE/files/fake-hwclock-data.conf" "$ROOT/etc/systemd/system/fake-hwclock.service.d/data.conf"
 install -m 0644 "$HERE/files/journald-volatile.conf" "$ROOT/etc/systemd/journald.conf.d/flowtap.conf"
 install -m 0644 "$HERE/files/recorder-data.conf" "$ROOT/usr/local/lib/systemd/system/flowtap-recorder.service.d/data.conf"
+install -D -m 0644 "$HERE/files/flowtap-ports.link" "$ROOT/etc/systemd/network/10-flowtap-ports.link"
 echo 'FILE=/data/fake-hwclock.data' > "$ROOT/etc/default/fake-hwclock"
 echo flowtap > "$ROOT/etc/hostname"
+# The console login screen shows the setup token (flowtap-firstboot writes /run/issue.d). agetty
+# reads /run/issue.d only when there is no /etc/issue, and Debian has one: a link from
+# /etc/issue.d, which agetty does read, brings it in.
+install -d "$ROOT/etc/issue.d"
+ln -sf /run/issue.d/50-flowtap.issue "$ROOT/etc/issue.d/50-flowtap.issue"
 rm -f "$ROOT"/etc/ssh/ssh_host_*            # every sensor makes its own on first boot
 in_root "$ROOT" systemctl disable ssh.service
 in_root "$ROOT" systemctl enable flowtap-firstboot.service systemd-networkd.service systemd-timesyncd.service
@@ -220,7 +235,12 @@ in_root "$ROOT" systemctl enable flowtap-firstboot.service systemd-networkd.serv
 # Kernel command line and firmware settings. Partition ids are fixed by SOURCE_DATE_EPOCH.
 DISKID=$(printf '%08x' "$SOURCE_DATE_EPOCH" | cut -c1-8)
 CMDLINE="console=serial0,115200 console=tty1 root=PARTUUID=$DISKID-02 rootfstype=ext4 fsck.repair=yes rootwait net.ifnames=0 quiet"
-if [ "$FLAVOUR" = raspios ]; then
+if [ "$ARCH" = amd64 ]; then
+    # No firmware reads the boot partition on a PC: it holds the kernel, the initramfs and the
+    # command line for whatever boots it (QEMU's -kernel/-initrd/-append in tests/test_boot.py).
+    # The last console= is /dev/console: the serial port, where a VM's log is kept.
+    echo "${CMDLINE/console=serial0,115200 console=tty1/console=tty0 console=ttyS0,115200}" > "$ROOT/etc/flowtap-cmdline.txt"
+elif [ "$FLAVOUR" = raspios ]; then
     # Raspberry Pi OS: the firmware reads these two files as they are (auto_initramfs=1 picks the
     # initramfs that matches the kernel, which overlayroot needs).
     echo "$CMDLINE" > "$ROOT/boot/firmware/cmdline.txt"
@@ -233,6 +253,15 @@ else
     grep -v -e '^arm_64bit' -e '^auto_initramfs' "$HERE/files/config.txt" > "$ROOT/etc/default/raspi-firmware-custom"
 fi
 in_root "$ROOT" update-initramfs -u -k all
+if [ "$ARCH" = amd64 ]; then
+    install -d "$ROOT/boot/firmware"
+    # One kernel: the newest linux-image-amd64 brought.
+    kver=$(find "$ROOT/boot" -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -1)
+    [ -n "$kver" ] || die "no kernel in $ROOT/boot"
+    cp "$ROOT/boot/vmlinuz-$kver" "$ROOT/boot/firmware/vmlinuz"
+    cp "$ROOT/boot/initrd.img-$kver" "$ROOT/boot/firmware/initrd.img"
+    mv "$ROOT/etc/flowtap-cmdline.txt" "$ROOT/boot/firmware/cmdline.txt"
+fi
 
 # The persistent half: /data holds archives, the config, SSH keys and the saved clock.
 DATA=$WORK/data

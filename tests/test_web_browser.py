@@ -362,6 +362,16 @@ def phone_in_browser(browser, page, base: str, shots: Path) -> None:
                 phone.screenshot(path=str(shots / f"{name}-phone.png"))
     finally:
         phone.context.close()
+    # a first visit on the phone: the login page (setup looks the same: one form)
+    visitor = browser.new_context(viewport=PHONE, device_scale_factor=2).new_page()
+    try:
+        visitor.goto(base + "/")
+        assert "/login" in visitor.url
+        assert visitor.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+        on_screen(visitor, "main button[type=submit]", PHONE["width"])
+        visitor.screenshot(path=str(shots / "login-phone.png"))
+    finally:
+        visitor.context.close()
 
 
 def test_first_time_operator_walks_every_page(sensor, shots):
